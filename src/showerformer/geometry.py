@@ -170,8 +170,12 @@ class Geometry(ABC):
             return CartesianGeometry(
                 tuple(d["shape"]), tuple(d["cell_size"]), name=d.get("name", "cartesian")
             )
+        if kind == "ild":
+            from showerformer.ild import ILDGeometry
+
+            return ILDGeometry.from_dict(d)
         raise InputError(f"unknown geometry kind {kind!r}", key="kind",
-                         expected="'cylindrical' or 'cartesian'")
+                         expected="'cylindrical', 'cartesian' or 'ild'")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Geometry) and _dicts_equal(self.to_dict(), other.to_dict())
@@ -548,8 +552,16 @@ PRESETS: dict[str, Any] = {
         45, 50, np.round(np.arange(19) * 2.325, 6), _CC_LAYER_PITCH, "par04"),
     "sandwich64": lambda: CartesianGeometry((64, 64, 64), (10.0, 10.0, 26.5), name="sandwich64"),
     "sandwich32": lambda: CartesianGeometry((32, 32, 32), (20.0, 20.0, 53.0), name="sandwich32"),
+    # ILD-like Si-W ECAL (30 layers, 5.088 mm cells), the geometry of the CaloClouds samples
+    "ild-ecal": lambda: _ild_geometry(),
 }
 """Named geometries built from numbers alone; :func:`get_geometry` makes them."""
+
+def _ild_geometry() -> Geometry:
+    from showerformer.ild import ILDGeometry
+
+    return ILDGeometry()
+
 
 _BY_CELLS = {368: "ds1-photons", 533: "ds1-pions", 6480: "ds2", 40500: "ds3",
              262144: "sandwich64", 32768: "sandwich32"}
