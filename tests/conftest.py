@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Wide, plain console output for CLI tests, so that rich tables and long paths do not wrap.
+os.environ["COLUMNS"] = "250"
+os.environ.setdefault("NO_COLOR", "1")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -20,7 +25,7 @@ def device(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def dtype(request: pytest.FixtureRequest):  # noqa: ANN201
+def dtype(request: pytest.FixtureRequest):
     import torch
 
     return getattr(torch, str(request.config.getoption("--dtype")))

@@ -56,7 +56,7 @@ class MissingDependencyError(ShowerformerError, ImportError):
         self.name = module
 
 
-def require(module: str, extra: str, purpose: str):  # noqa: ANN201
+def require(module: str, extra: str, purpose: str):
     """Import an optional module lazily, or raise a :class:`MissingDependencyError`."""
     import importlib
 

@@ -189,7 +189,7 @@ class VoxelShowers:
         counts = np.bincount(rows, minlength=len(self))
         return PointShowers.from_flat(flat, counts, self.conditions, self.geometry)
 
-    def to_torch(self, device: Any = None):  # noqa: ANN201
+    def to_torch(self, device: Any = None):
         import torch
 
         return torch.as_tensor(self.energies, device=device)
@@ -301,7 +301,7 @@ class PointShowers:
         return VoxelShowers(flat.reshape(len(self), geo.n_cells).astype(np.float32),
                             self.conditions, geo)
 
-    def to_torch(self, device: Any = None):  # noqa: ANN201
+    def to_torch(self, device: Any = None):
         import torch
 
         return (torch.as_tensor(self.points, device=device),

@@ -1,0 +1,5 @@
+"""Allow ``python -m showerformer``."""
+
+from showerformer.cli import main
+
+main()

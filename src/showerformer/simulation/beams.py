@@ -1,0 +1,262 @@
+"""Incident particles and beams: particle species, energy or momentum spectra, directions.
+
+Hadrons given by momentum get the kinetic energy ``T = sqrt(p^2 + m^2) - m``, the energy they
+can deposit; electrons and photons are given by energy (their rest mass is negligible here).
+Directions follow the CaloChallenge barrel convention: ``theta`` is the polar angle, pi/2 being
+normal incidence on the calorimeter; the tilt from the layer normal is ``|pi/2 - theta|``.
+Spectra are written in GeV on the command line: ``"50"`` (fixed), ``"1:1000"`` (a range,
+uniform or log-uniform) and ``"64,128,256"`` (a discrete list).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from showerformer.errors import InputError
+from showerformer.showers import particle_pdg
+
+__all__ = [
+    "PARTICLES",
+    "SPECTRUM_KINDS",
+    "Beam",
+    "BeamSample",
+    "Particle",
+    "Spectrum",
+    "get_particle",
+    "parse_angle",
+]
+
+
+@dataclass(frozen=True)
+class Particle:
+    """A particle species.
+
+    Attributes:
+        name: command-line name (``"e-"``, ``"gamma"``, ``"pi+"``, ...).
+        pdg: PDG Monte-Carlo id.
+        mass: rest mass in MeV.
+        charge: electric charge in units of e.
+        kind: ``"em"`` (e+-, photons) or ``"hadron"``.
+        lambda_factor: interaction length relative to the nucleon one (pions interact less).
+    """
+
+    name: str
+    pdg: int
+    mass: float
+    charge: int
+    kind: str
+    lambda_factor: float = 1.0
+
+    @property
+    def is_em(self) -> bool:
+        return self.kind == "em"
+
+
+PARTICLES: dict[str, Particle] = {
+    p.name: p
+    for p in (
+        Particle("e-", 11, 0.51099895, -1, "em"),
+        Particle("e+", -11, 0.51099895, 1, "em"),
+        Particle("gamma", 22, 0.0, 0, "em"),
+        Particle("pi+", 211, 139.57039, 1, "hadron", 1.15),
+        Particle("pi-", -211, 139.57039, -1, "hadron", 1.15),
+        Particle("proton", 2212, 938.27209, 1, "hadron"),
+        Particle("neutron", 2112, 939.56542, 0, "hadron"),
+    )
+}
+"""Simulated species by name (PDG 2024 masses)."""
+
+_BY_PDG = {p.pdg: p for p in PARTICLES.values()}
+
+
+def get_particle(spec: str | int | Particle) -> Particle:
+    """A particle by name, alias (``"photon"``, ``"p"``) or PDG id."""
+    if isinstance(spec, Particle):
+        return spec
+    if isinstance(spec, str) and spec.strip().lower() in ("p", "n"):
+        spec = {"p": "proton", "n": "neutron"}[spec.strip().lower()]
+    try:
+        pdg = particle_pdg(spec)
+    except InputError:
+        pdg = None
+    if pdg is None or pdg not in _BY_PDG:
+        raise InputError(f"particle {spec!r} cannot be simulated", key="particle",
+                         expected=f"one of {', '.join(PARTICLES)}")
+    return _BY_PDG[pdg]
+
+
+SPECTRUM_KINDS = ("fixed", "uniform", "log-uniform", "discrete")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """An energy (or momentum) spectrum in MeV.
+
+    Attributes:
+        kind: ``"fixed"``, ``"uniform"``, ``"log-uniform"`` or ``"discrete"``.
+        values: (value,) for fixed, (low, high) for ranges, the list for discrete.
+    """
+
+    kind: str
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        v = self.values
+        if self.kind not in SPECTRUM_KINDS:
+            raise InputError(f"unknown spectrum {self.kind!r}", key="spectrum",
+                             expected=" or ".join(SPECTRUM_KINDS))
+        if not v or any(not math.isfinite(x) or x <= 0 for x in v):
+            raise InputError(f"spectrum values {list(v)}", key="energy",
+                             expected="finite energies > 0")
+        if self.kind in ("uniform", "log-uniform") and (len(v) != 2 or v[0] > v[1]):
+            raise InputError(f"{self.kind} spectrum over {list(v)}", key="energy",
+                             expected="a range low:high with low <= high")
+        if self.kind == "fixed" and len(v) != 1:
+            raise InputError(f"fixed spectrum with {len(v)} values", key="energy",
+                             expected="one value")
+
+    @classmethod
+    def parse(cls, text: str | float | Sequence[float], kind: str | None = None,
+              unit: float = 1000.0) -> Spectrum:
+        """Parse ``"50"``, ``"1:1000"`` or ``"64,128,256"`` (in GeV by default).
+
+        Arguments:
+            text: the specification, or a number, or a sequence of numbers.
+            kind: the spectrum kind; default fixed for one value, log-uniform for a range,
+                discrete for a list.
+            unit: MeV per unit of the text (1000 for GeV).
+
+        Returns:
+            The :class:`Spectrum` in MeV.
+        """
+        if isinstance(text, int | float):
+            parts, sep = [float(text)], ""
+        elif not isinstance(text, str):
+            parts, sep = [float(x) for x in text], ","
+        else:
+            s = text.strip()
+            sep = ":" if ":" in s else ("," if "," in s else "")
+            try:
+                parts = [float(x) for x in (s.split(sep) if sep else [s])]
+            except ValueError:
+                raise InputError(f"cannot parse energy {text!r}", key="energy",
+                                 expected="a value '50', a range '1:1000' or a list "
+                                 "'64,128,256' (GeV)") from None
+        values = tuple(x * unit for x in parts)
+        if kind is None:
+            kind = {"": "fixed", ":": "log-uniform", ",": "discrete"}[sep]
+            if sep == "," and len(values) == 1:
+                kind = "fixed"
+        if kind == "fixed" and len(values) == 2 and sep == ":":
+            raise InputError(f"a range {text!r} with spectrum 'fixed'", key="spectrum",
+                             expected="uniform or log-uniform for a range")
+        if kind in ("uniform", "log-uniform") and len(values) == 1:
+            values = (values[0], values[0])
+        if kind == "discrete" and sep == ":":
+            raise InputError(f"a range {text!r} with spectrum 'discrete'", key="spectrum",
+                             expected="a list '64,128,256' for a discrete spectrum")
+        return cls(kind, values)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw ``n`` values (MeV), (n,) float64."""
+        v = self.values
+        if self.kind == "fixed":
+            return np.full(n, v[0])
+        if self.kind == "uniform":
+            return rng.uniform(v[0], v[1], n)
+        if self.kind == "log-uniform":
+            return np.exp(rng.uniform(math.log(v[0]), math.log(v[1]), n))
+        return np.asarray(v)[rng.integers(0, len(v), n)]
+
+    def describe(self, unit: float = 1000.0, name: str = "GeV") -> str:
+        vals = [f"{x / unit:g}" for x in self.values]
+        if self.kind == "fixed":
+            return f"{vals[0]} {name}"
+        if self.kind == "discrete":
+            return f"{{{', '.join(vals)}}} {name}"
+        return f"{self.kind} {vals[0]}-{vals[1]} {name}"
+
+
+def parse_angle(text: str | float | Sequence[float] | None, default: tuple[float, float]
+                ) -> tuple[float, float]:
+    """An angle or angle range given in degrees (``"90"``, ``"70:90"``), returned in rad."""
+    if text is None:
+        return default
+    try:
+        if isinstance(text, str):
+            parts = [float(x) for x in text.replace(",", ":").split(":")]
+        elif isinstance(text, int | float):
+            parts = [float(text)]
+        else:
+            parts = [float(x) for x in text]
+    except ValueError:
+        raise InputError(f"cannot parse angle {text!r}", key="theta",
+                         expected="degrees, e.g. '90' or '70:90'") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or parts[0] > parts[1] or not all(map(math.isfinite, parts)):
+        raise InputError(f"angle range {text!r}", key="theta", expected="'low:high' in degrees")
+    return (math.radians(parts[0]), math.radians(parts[1]))
+
+
+@dataclass
+class BeamSample:
+    """Drawn incident particles, one entry per shower (MeV, rad, mm)."""
+
+    pdg: np.ndarray  # (N,) int32
+    energy: np.ndarray  # (N,) kinetic energy (e/gamma: energy), MeV
+    momentum: np.ndarray  # (N,) MeV
+    theta: np.ndarray  # (N,) rad
+    phi: np.ndarray  # (N,) rad
+    x0: np.ndarray  # (N,) entry point on the front face, mm
+    y0: np.ndarray  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.pdg)
+
+
+@dataclass(frozen=True)
+class Beam:
+    """What is shot at the calorimeter.
+
+    Attributes:
+        particles: species, drawn with equal probability per shower.
+        spectrum: energy spectrum (kinetic energy for hadrons) or momentum spectrum.
+        momentum: the spectrum gives momenta (hadrons get T = sqrt(p^2 + m^2) - m).
+        theta: polar-angle range in rad (uniform); (pi/2, pi/2) is normal incidence.
+        phi: azimuth range in rad (uniform).
+        entry: entry point (x, y) on the front face in mm.
+        entry_spread: Gaussian spread of the entry point in mm.
+    """
+
+    particles: tuple[Particle, ...]
+    spectrum: Spectrum
+    momentum: bool = False
+    theta: tuple[float, float] = (math.pi / 2, math.pi / 2)
+    phi: tuple[float, float] = (math.pi / 2, math.pi / 2)
+    entry: tuple[float, float] = (0.0, 0.0)
+    entry_spread: float = 0.0
+
+    def sample(self, n: int, rng: np.random.Generator) -> BeamSample:
+        """Draw ``n`` incident particles (always the same sequence of draws for one rng)."""
+        species = rng.integers(0, len(self.particles), n) if len(self.particles) > 1 \
+            else np.zeros(n, dtype=np.int64)
+        value = self.spectrum.sample(n, rng)
+        theta = rng.uniform(self.theta[0], self.theta[1], n)
+        phi = rng.uniform(self.phi[0], self.phi[1], n)
+        spread = rng.normal(0.0, 1.0, (2, n)) * self.entry_spread
+        mass = np.array([p.mass for p in self.particles])[species]
+        pdg = np.array([p.pdg for p in self.particles], dtype=np.int32)[species]
+        em = np.array([p.is_em for p in self.particles])[species]
+        if self.momentum:
+            kinetic = np.where(em, value, np.sqrt(value**2 + mass**2) - mass)
+            momentum = value
+        else:
+            kinetic = value
+            momentum = np.where(em, value, np.sqrt(value * (value + 2 * mass)))
+        return BeamSample(pdg, kinetic, momentum, theta, phi,
+                          self.entry[0] + spread[0], self.entry[1] + spread[1])
