@@ -37,20 +37,35 @@ def test_different_distributions_give_high_auc():
     assert res.n_per_class == 2500  # balanced classes: the larger sample is cut
 
 
-def test_standardized_inputs_option():
+def test_input_preprocessing_options():
     rng = np.random.default_rng(6)
     # a difference far below the inputs' spread and offset: log-energy-like columns
     base = rng.uniform(3, 5, size=(3000, 1))
     ref = np.hstack([base, base + rng.normal(0.00, 0.01, size=(3000, 1))])
     base2 = rng.uniform(3, 5, size=(3000, 1))
     gen = np.hstack([base2, base2 + rng.normal(0.04, 0.01, size=(3000, 1))])
-    cfg = _small(epochs=10, batch_size=200, n_repeats=1)
-    plain = run_classifier(ref, gen, cfg)
-    res = run_classifier(ref, gen, _small(standardize=True, epochs=10, batch_size=200,
-                                          n_repeats=1))
+    kw = {"epochs": 10, "batch_size": 200, "n_repeats": 1}
+    plain = run_classifier(ref, gen, _small(whiten=False, **kw))
+    res = run_classifier(ref, gen, _small(standardize=True, whiten=False, **kw))
     assert res.auc_mean > 0.9 and res.auc_mean > plain.auc_mean + 0.05
     assert "standardized inputs" in res.config.describe()
     assert not ClassifierConfig(standardize=True).is_official()
+    # whitening decorrelates the two columns: their difference becomes one input
+    white = run_classifier(ref, gen, _small(whiten=True, **kw))
+    assert white.auc_mean > 0.95 and white.auc_mean > plain.auc_mean + 0.05
+    assert white.input_dim == 2 and "whitened inputs" in white.config.describe()
+    assert not ClassifierConfig(whiten=True).is_official()
+    assert ClassifierConfig.cpu_friendly().whiten
+
+
+def test_whitening_drops_degenerate_directions():
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(2000, 2))
+    b = rng.normal(size=(2000, 2)) + np.array([1.5, 0.0])
+    ref = np.hstack([a, a[:, :1] * 2.0, np.ones((2000, 1))])  # a copy and a constant column
+    gen = np.hstack([b, b[:, :1] * 2.0, np.ones((2000, 1))])
+    res = run_classifier(ref, gen, _small(whiten=True, epochs=5, n_repeats=1))
+    assert np.isfinite(res.auc_mean) and res.auc_mean > 0.8
 
 
 def test_seeded_and_repeatable():
