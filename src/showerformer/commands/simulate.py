@@ -10,8 +10,8 @@ import typer
 
 __all__ = ["DATASET_NAMES", "simulate"]
 
-DATASET_NAMES = ("ds2", "ds3", "ds1-photons", "ds1-pions", "par04", "sandwich64", "multi",
-                 "ild-photons")
+DATASET_NAMES = ("ds2", "ds3", "ds1-photons", "ds1-pions", "par04", "sandwich64", "sandwich32",
+                 "multi", "ild-photons")
 """The presets of :data:`showerformer.simulation.DATASETS` (kept here so --help stays light)."""
 
 
@@ -19,7 +19,7 @@ def simulate(
     dataset: Annotated[str, typer.Argument(
         help="Dataset preset: ds2, ds3 (CaloChallenge-like e-), ds1-photons, ds1-pions "
              "(ATLAS-like), par04 (e- at 64/128/256 GeV, theta 70-90 deg), sandwich64 "
-             "(protons, p 1-20 GeV, 64^3 Fe/scintillator), multi (e-, gamma, pi+, proton point "
+             "(protons, p 1-20 GeV, 64^3 Fe/scintillator, sparse hit lists), sandwich32 (the same in 32^3 cells), multi (e-, gamma, pi+, proton point "
              "clouds), ild-photons (ILD-like Si-W ECAL point clouds).")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output HDF5 file (default DATASET.h5, or DATASET_shard-i-of-N.h5).")

@@ -24,17 +24,19 @@ from showerformer.io.calochallenge import (
     write_calochallenge,
 )
 from showerformer.io.par04 import iter_par04, par04_layout, read_par04, write_par04
+from showerformer.io.sparse import SparseVoxelFile, is_sparse_file, read_sparse, write_sparse
 from showerformer.showers import PDG, PointShowers, VoxelShowers
 
 __all__ = ["FORMATS", "detect_format", "read_showers", "summarize", "write_showers"]
 
-FORMATS = ("calochallenge", "par04", "pointcloud", "edm4hep")
+FORMATS = ("calochallenge", "par04", "pointcloud", "sparse-voxels", "edm4hep")
 """Format names known to :func:`detect_format`, :func:`read_showers` and :func:`write_showers`."""
 
 _LAYOUTS = (
     "calochallenge ('incident_energies' (N, 1) + 'showers' (N, n_voxels)), "
     "par04 ('showers' (N, r, phi, z) + 'incident_energy', or one (n, r, phi, z) dataset per "
-    "energy), pointcloud ('events' (N, P, 4) + 'energy') or edm4hep (a ROOT file)"
+    "energy), pointcloud ('events' (N, P, 4) + 'energy'), sparse-voxels ('offsets', 'cell', "
+    "'energy') or edm4hep (a ROOT file)"
 )
 _A_FILE = "a shower file (CaloChallenge, Par04 or point-cloud HDF5, or EDM4hep ROOT)"
 _ROOT_MAGIC = b"root"
@@ -66,8 +68,8 @@ def _describe_keys(f: h5py.File, limit: int = 8) -> str:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The format of a shower file: ``"calochallenge"``, ``"par04"``, ``"pointcloud"`` or
-    ``"edm4hep"``.
+    """The format of a shower file: ``"calochallenge"``, ``"par04"``, ``"pointcloud"``,
+    ``"sparse-voxels"`` or ``"edm4hep"``.
 
     A ROOT file (``root`` signature) is EDM4hep. In an HDF5 file: ``events`` + ``energy`` make a
     point cloud; a 4-D ``showers`` or datasets named by energies holding (n, r, phi, z) images
@@ -96,6 +98,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     with _open_h5(p, _A_FILE) as f:
         if len(f) == 0:
             raise InputError("the HDF5 file holds no datasets", path=p, expected=_LAYOUTS)
+        if is_sparse_file(f):
+            return "sparse-voxels"
         if "events" in f and "energy" in f:
             return "pointcloud"
         if par04_layout(f) is not None:
@@ -141,6 +145,8 @@ def read_showers(
         return read_calochallenge(path, geometry, **kw)
     if fmt == "par04":
         return read_par04(path, geometry, **kw)
+    if fmt == "sparse-voxels":
+        return read_sparse(path, geometry=geometry, **kw)
     if fmt == "pointcloud":
         module = importlib.import_module("showerformer.io.pointcloud")
         return module.read_pointcloud(path, geometry=geometry, **kw)
@@ -163,7 +169,7 @@ def write_showers(
     Arguments:
         path: the target file (written atomically).
         showers: the showers.
-        format: ``"calochallenge"``, ``"par04"`` or ``"pointcloud"``.
+        format: ``"calochallenge"``, ``"par04"``, ``"pointcloud"`` or ``"sparse-voxels"``.
         **kw: writer options.
 
     Returns:
@@ -178,6 +184,11 @@ def write_showers(
         return write_calochallenge(p, showers, **kw)
     if fmt == "par04":
         return write_par04(p, showers, **kw)
+    if fmt == "sparse-voxels":
+        if not isinstance(showers, VoxelShowers):
+            raise InputError(f"cannot write {type(showers).__name__} as sparse voxels", path=p,
+                             key="format", expected="VoxelShowers (PointShowers.to_voxels())")
+        return write_sparse(p, showers, **kw)
     if not isinstance(showers, PointShowers):
         raise InputError(f"cannot write {type(showers).__name__} as a point cloud", path=p,
                          key="format", expected="PointShowers (VoxelShowers.to_points())")
@@ -194,6 +205,28 @@ def _particles(counts: Counter[int]) -> str | None:
         names.setdefault(pdg, name)
     return ", ".join(f"{names.get(pdg, 'pdg')} ({pdg}): {n:,}"
                      for pdg, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _summarize_sparse(p: Path, geometry: GeometryLike | None) -> dict[str, Any]:
+    f = SparseVoxelFile(p, geometry=geometry, in_memory=False)
+    n = len(f)
+    if n == 0:
+        raise InputError("the file holds 0 showers", path=p, expected="at least one shower")
+    e = f.conditions.energy
+    out: dict[str, Any] = {
+        "path": str(p), "format": "sparse-voxels", "geometry": f.geometry.name,
+        "geometry_description": f.geometry.describe(), "n_showers": n,
+        "energy_min_mev": float(e.min()), "energy_max_mev": float(e.max()),
+        "energy_mean_mev": float(e.mean()), "size_bytes": p.stat().st_size,
+        "sparsity": 1.0 - f.n_hits / (n * f.geometry.n_cells),
+        "mean_points": f.n_hits / n, "min_points": int(f.counts.min()),
+        "max_points": int(f.counts.max()),
+    }
+    ids, counts = np.unique(f.conditions.pdg, return_counts=True)
+    particles = _particles(Counter(dict(zip(ids.tolist(), counts.tolist(), strict=True))))
+    if particles:
+        out["particles"] = particles
+    return out
 
 
 def summarize(
@@ -216,6 +249,8 @@ def summarize(
     """
     p = Path(path)
     fmt = detect_format(p)
+    if fmt == "sparse-voxels":
+        return _summarize_sparse(p, geometry)
     chunks: Iterable[VoxelShowers | PointShowers]
     if fmt == "calochallenge":
         chunks = iter_calochallenge(p, chunk_size, geometry)

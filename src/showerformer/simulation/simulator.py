@@ -72,7 +72,8 @@ class DatasetSpec:
         spectrum: spectrum kind, None for the default of ``energy``'s form.
         momentum: ``energy`` gives momenta (hadrons get T = sqrt(p^2 + m^2) - m).
         theta: polar angle in degrees, ``"90"`` or a range ``"70:90"``.
-        output: ``"voxels"`` or ``"points"``.
+        output: ``"voxels"`` (CaloChallenge HDF5), ``"sparse-voxels"`` (hit lists, for large
+            grids such as 64^3; see :mod:`showerformer.io.sparse`) or ``"points"``.
         frame: ``"axis"`` (cells around the incident axis) or ``"detector"``.
         readout: ``"geometry"`` (mesh slices along the axis) or ``"detector"`` (detector
             readout layers).
@@ -117,9 +118,13 @@ DATASETS: dict[str, DatasetSpec] = {
                     description="Par04-like electrons at 64/128/256 GeV, theta 70-90 deg, "
                     "18 r x 50 phi x 45 z"),
         DatasetSpec("sandwich64", "sandwich64", "fe-scint", ("proton",), "1:20", "uniform",
-                    momentum=True, frame="detector", readout="detector",
+                    momentum=True, output="sparse-voxels", frame="detector", readout="detector",
                     description="protons with momentum 1-20 GeV in a 64^3 Fe/scintillator "
-                    "sandwich (10 x 10 x 26.5 mm cells)"),
+                    "sandwich (10 x 10 x 26.5 mm cells), stored as hit lists"),
+        DatasetSpec("sandwich32", "sandwich32", "fe-scint", ("proton",), "1:20", "uniform",
+                    momentum=True, output="sparse-voxels", frame="detector", readout="geometry",
+                    description="the sandwich64 protons read out in 32^3 cells of 20 x 20 x "
+                    "53 mm (same detector; for fast CPU training)"),
         DatasetSpec("multi", "sandwich64", "fe-scint", ("e-", "gamma", "pi+", "proton"),
                     "1:100", "log-uniform", output="points", frame="detector",
                     readout="detector",
@@ -203,9 +208,9 @@ class Simulator:
             spec = replace(spec, theta=str(theta))
         if momentum is not None:
             spec = replace(spec, momentum=bool(momentum))
-        if spec.output not in ("voxels", "points"):
+        if spec.output not in ("voxels", "sparse-voxels", "points"):
             raise InputError(f"output {spec.output!r}", key="output",
-                             expected="'voxels' or 'points'")
+                             expected="'voxels', 'sparse-voxels' or 'points'")
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise InputError(f"seed {seed!r}", key="seed", expected="an integer >= 0")
         self.spec = spec
@@ -288,7 +293,7 @@ class Simulator:
                                   fluctuate=self.fluctuate)
             dense = apply_noise_threshold(dense, lay_cell, self.response, rng)
             cond = self._conditions(batch, first)
-            if self.spec.output == "voxels":
+            if self.spec.output != "points":
                 return VoxelShowers(dense.astype(np.float32), cond, self.geometry)
             rows, cells = np.nonzero(dense)
             return self._points(rows, cells, dense[rows, cells], n, cond)
@@ -527,6 +532,11 @@ def simulate_to_file(
 
             with CaloChallengeWriter(path, sim.geometry) as writer:  # writes atomically
                 stream(writer, prog)
+        elif sim.spec.output == "sparse-voxels":
+            from showerformer.io.sparse import SparseVoxelWriter
+
+            with SparseVoxelWriter(path, sim.geometry) as writer:  # writes atomically
+                stream(writer, prog)
         else:
             with atomic_path(path) as tmp:
                 writer = _PointStreamWriter(tmp, sim.geometry)
@@ -538,7 +548,8 @@ def simulate_to_file(
     return {"path": str(path), "dataset": sim.spec.name, "showers": written,
             "shard": f"{i}/{k}", "seconds": dt, "showers_per_second": written / max(dt, 1e-9),
             "geometry": sim.geometry.name, "detector": sim.detector.name,
-            "format": "calochallenge" if sim.spec.output == "voxels" else "pointcloud"}
+            "format": {"voxels": "calochallenge", "sparse-voxels": "sparse-voxels"}.get(
+                sim.spec.output, "pointcloud")}
 
 
 class _NoBar:
