@@ -3,11 +3,10 @@
 Targets (issue 4): the features of 100k ds2 showers in at most 20 s on 2 cores, and streaming
 features of 100k ds3 showers (40,500 voxels each) under 4 GB of memory.
 
-Showers are synthetic and made chunk by chunk, never all at once: a pool of showers is drawn once
-(hits per cell Poisson around a longitudinal gamma profile times an exponential radial profile,
-each hit a Gamma-distributed deposit, so that occupancy and the spectrum look like a sampling
-calorimeter's), and every chunk is a random selection from the pool rescaled to a new incident
-energy. Each measurement runs in its own process, so that ``ru_maxrss`` is its own peak.
+Showers come from the built-in simulator (ds2-like and ds3-like electrons, 1 GeV - 1 TeV) and are
+fed chunk by chunk, never all at once: a pool of simulated showers is drawn once and every chunk
+is a random selection from it. Each measurement runs in its own process, so that ``ru_maxrss``
+is its own peak (it includes the pool).
 
 Usage::
 
@@ -27,45 +26,27 @@ from collections.abc import Iterator
 import numpy as np
 
 from showerformer.evaluation.features import FeatureAccumulator
-from showerformer.geometry import CylindricalGeometry, get_geometry
-from showerformer.showers import Conditions, VoxelShowers
+from showerformer.showers import VoxelShowers
 
-__all__ = ["main", "synthetic_chunks"]
-
-
-def _pool(geo: CylindricalGeometry, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(n, n_cells) float32 showers and their (n,) incident energies in MeV."""
-    e_inc = 10 ** rng.uniform(3, 6, n)
-    layer = geo.layer_of_cell
-    depth = layer + 0.5
-    long_shape = depth**3 * np.exp(-depth / 2.5)  # gamma(4) profile over the layers
-    area = geo.r_hi**2 - geo.r_lo**2
-    radial = area * (np.exp(-geo.r_mid / 3.0) + 0.05 * np.exp(-geo.r_mid / 15.0))
-    template = long_shape * radial
-    template /= template.sum()
-    out = np.empty((n, geo.n_cells), dtype=np.float32)
-    deposit = 0.3  # MeV per hit
-    for i in range(n):
-        mu = e_inc[i] * template / deposit
-        hits = rng.poisson(mu)
-        out[i] = rng.gamma(np.maximum(hits, 1e-12), deposit) * (hits > 0)
-    return out, e_inc
+__all__ = ["main", "simulated_chunks"]
 
 
-def synthetic_chunks(name: str, n: int, chunk: int, seed: int = 0,
-                     pool_size: int = 1000) -> Iterator[VoxelShowers]:
-    """``n`` synthetic showers of geometry ``name`` in chunks of ``chunk``."""
-    geo = get_geometry(name)
-    assert isinstance(geo, CylindricalGeometry)
+def simulated_chunks(name: str, n: int, chunk: int, seed: int = 0,
+                     pool_size: int = 2000) -> Iterator[VoxelShowers]:
+    """``n`` showers of the built-in simulator's preset ``name`` in chunks of ``chunk``.
+
+    A pool of ``pool_size`` simulated showers is drawn once and chunks are random selections
+    from it, so that the measurement is the features' cost and not the simulation's.
+    """
+    from showerformer.simulation import simulate
+
+    pool = simulate(name, pool_size, seed=seed)
+    assert isinstance(pool, VoxelShowers)
     rng = np.random.default_rng(seed)
-    pool, pool_e = _pool(geo, pool_size, rng)
     done = 0
     while done < n:
         b = min(chunk, n - done)
-        idx = rng.integers(0, pool_size, b)
-        e_inc = 10 ** rng.uniform(3, 6, b)
-        scale = (e_inc / pool_e[idx]).astype(np.float32)
-        yield VoxelShowers(pool[idx] * scale[:, None], Conditions(e_inc), geo)
+        yield pool[np.sort(rng.integers(0, pool_size, b))]
         done += b
 
 
@@ -73,7 +54,7 @@ def _run(name: str, n: int, chunk: int) -> dict[str, float]:
     acc = FeatureAccumulator(name)
     t_feat = 0.0
     t0 = time.perf_counter()
-    for showers in synthetic_chunks(name, n, chunk):
+    for showers in simulated_chunks(name, n, chunk):
         t = time.perf_counter()
         acc.update(showers)
         t_feat += time.perf_counter() - t

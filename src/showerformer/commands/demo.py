@@ -26,6 +26,9 @@ def demo(
     write the HTML report.
     """
     from rich.console import Console
+    from rich.table import Table
+
+    from showerformer.commands.evaluate import headline_rows
 
     from showerformer.commands.files import info
     from showerformer.evaluation.pipeline import evaluate_files
@@ -57,8 +60,16 @@ def demo(
     console.print(f"point cloud written to {points_path}; round trip exact per cell: {exact}")
 
     step("4. evaluate: second simulated sample vs reference (CaloChallenge metrics)")
-    metrics = evaluate_files(reference, sample, geometry="ds2", out_dir=out / "evaluation",
-                             classifier="cpu", n_repeats=1, seed=seed)
+    with console.status("evaluating") as status:
+        metrics = evaluate_files(reference, sample, geometry="ds2", out_dir=out / "evaluation",
+                                 classifier="cpu", n_repeats=1, seed=seed,
+                                 progress=lambda msg: status.update(f"evaluating: {msg}"))
+    table = Table(title="second simulated sample vs reference (expected: AUC near 0.5, "
+                  "separation powers and FPD/KPD near 0)", title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for name, value in headline_rows(metrics):
+        table.add_row(name, value)
+    console.print(table)
     console.print(f"report: {out / 'evaluation' / 'report.html'}")
     step(f"done: everything is in {out}/")
-    del metrics
