@@ -56,8 +56,8 @@ class ShowerSource:
     Attributes:
         role: ``"reference"`` or ``"generated"``.
         label: the file path, or ``"<in memory>"``.
-        format: ``"calochallenge"``, ``"par04"``, ``"pointcloud"``, ``"edm4hep"`` or
-            ``"memory"``.
+        format: ``"calochallenge"``, ``"par04"``, ``"sparse-voxels"``, ``"pointcloud"``,
+            ``"edm4hep"`` or ``"memory"``.
         geometry: the voxel geometry (point clouds are voxelized into it).
         n: showers used (after ``max_showers``), None until known.
         n_in_file: showers in the file, None when not cheaply known.
@@ -146,6 +146,20 @@ def open_source(
             return iterate(path, size, first.geometry, stop=stop)
 
         return ShowerSource(role, str(path), fmt, first.geometry, n, n_in_file, False, stream)
+    if fmt == "sparse-voxels":  # hit lists of large grids: densified chunk by chunk
+        from showerformer.io.sparse import SparseVoxelFile, iter_sparse
+
+        sparse = SparseVoxelFile(path, geometry=geometry, in_memory=False)
+        n_in_file = len(sparse)
+        if n_in_file == 0:
+            raise InputError("the file holds 0 showers", path=path, expected="at least one shower")
+        n = n_in_file if stop is None else min(stop, n_in_file)
+        geo = sparse.geometry
+
+        def stream_sparse(size: int) -> Iterator[Any]:
+            return iter_sparse(path, size, stop=stop, geometry=geo)
+
+        return ShowerSource(role, str(path), fmt, geo, n, n_in_file, False, stream_sparse)
     showers = read_showers(path, geometry=geometry)
     src = _memory_source(showers, role, geometry, max_showers)
     src.label, src.format = str(path), fmt
