@@ -249,7 +249,9 @@ class SparseVoxelFile:
                              expected=f"indices in [0, {n})")
         return np.where(idx < 0, idx + n, idx)
 
-    def _hit_range(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    def hit_range(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hits ``lo:hi`` of the whole file (rows of ``cell`` and ``energy``; shower ``i`` owns
+        ``offsets[i]:offsets[i+1]``): cells int64 and energies float32 MeV."""
         if self._cells is not None and self._energies is not None:
             return self._cells[lo:hi], self._energies[lo:hi]
         if self._file is None:
@@ -262,14 +264,14 @@ class SparseVoxelFile:
     def hits(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The hit cells (int64) and energies (float32, MeV) of shower ``i``."""
         j = int(self._index([i])[0])
-        return self._hit_range(int(self.offsets[j]), int(self.offsets[j + 1]))
+        return self.hit_range(int(self.offsets[j]), int(self.offsets[j + 1]))
 
     def dense(self, indices: Any) -> np.ndarray:
         """Showers ``indices`` as a dense (B, n_cells) float32 array in MeV."""
         idx = self._index(indices)
         out = np.zeros((len(idx), self.geometry.n_cells), dtype=np.float32)
         for row, j in enumerate(idx):
-            cells, energies = self._hit_range(int(self.offsets[j]), int(self.offsets[j + 1]))
+            cells, energies = self.hit_range(int(self.offsets[j]), int(self.offsets[j + 1]))
             out[row, cells] = energies
         return out
 
