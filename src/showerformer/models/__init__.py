@@ -51,4 +51,6 @@ def get_model_class(name: str) -> type[nn.Module]:
 
 
 # Built-in families register themselves on import (kept last: they import `register`).
+from showerformer.models import panshower as panshower  # noqa: E402
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
+from showerformer.models import point_count_fm as point_count_fm  # noqa: E402
