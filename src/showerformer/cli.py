@@ -7,11 +7,13 @@ import sys
 import typer
 
 from showerformer import __version__
+from showerformer.commands.benchmark import benchmark_app
 from showerformer.commands.demo import demo
 from showerformer.commands.evaluate import evaluate, evaluate_regression
 from showerformer.commands.files import convert, info
 from showerformer.commands.models import model_summary
 from showerformer.commands.simulate import simulate
+from showerformer.commands.train import predict, train_app
 
 __all__ = ["app", "main"]
 
@@ -49,6 +51,9 @@ app.command()(simulate)
 app.command()(evaluate)
 app.command("evaluate-regression")(evaluate_regression)
 app.command("model-summary")(model_summary)
+app.add_typer(train_app, name="train")
+app.command()(predict)
+app.add_typer(benchmark_app, name="benchmark")
 app.command()(demo)
 
 

@@ -29,7 +29,6 @@ def demo(
     from rich.table import Table
 
     from showerformer.commands.evaluate import headline_rows
-
     from showerformer.commands.files import info
     from showerformer.evaluation.pipeline import evaluate_files
     from showerformer.io import read_showers, write_showers

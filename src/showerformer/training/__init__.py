@@ -1,0 +1,54 @@
+"""One trainer for every model family: optimizer groups, schedules, AMP, EMA, checkpoints, DDP."""
+
+from showerformer.training.checkpoint import load_checkpoint, save_checkpoint
+from showerformer.training.data import (
+    DensifyCollate,
+    EpochBatchSampler,
+    SparseVoxelDataset,
+    TensorDictDataset,
+    densify_collate,
+    epoch_permutation,
+    split_indices,
+)
+from showerformer.training.ema import EMA
+from showerformer.training.engine import (
+    RunConfig,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    TrainResult,
+    load_run_config,
+)
+from showerformer.training.optim import (
+    WarmupCosine,
+    build_optimizer,
+    clip_grad_norm,
+    decay_mask,
+    parameter_groups,
+    warmup_cosine,
+)
+
+__all__ = [
+    "EMA",
+    "DensifyCollate",
+    "EpochBatchSampler",
+    "RunConfig",
+    "SparseVoxelDataset",
+    "TensorDictDataset",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "WarmupCosine",
+    "build_optimizer",
+    "clip_grad_norm",
+    "decay_mask",
+    "densify_collate",
+    "epoch_permutation",
+    "load_checkpoint",
+    "load_run_config",
+    "parameter_groups",
+    "save_checkpoint",
+    "split_indices",
+    "warmup_cosine",
+]

@@ -1,0 +1,153 @@
+"""Tests of regression runs on sparse voxel files: train_regressor, predictions files, the
+train / predict commands and the shipped YAML configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import typer
+from training_helpers import tiny_regressor_config, write_cube_file
+from typer.testing import CliRunner
+
+from showerformer.errors import InputError
+from showerformer.evaluation.regression import read_predictions
+from showerformer.models.particle_cnn_transformer import ParticleCNNTransformer
+from showerformer.training import load_checkpoint, load_run_config
+from showerformer.training.data import SparseVoxelDataset
+from showerformer.training.regressor import build_regressor, predict_file, train_regressor
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory) -> Path:
+    return write_cube_file(tmp_path_factory.mktemp("data") / "cube16.h5", n=40, grid=16)
+
+
+@pytest.fixture(scope="module")
+def run(cube, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reg")
+    result = train_regressor(cube, tiny_regressor_config(ema_decay=0.9), out, progress=False)
+    return result, out
+
+
+def test_train_regressor(run, cube) -> None:
+    result, out = run
+    assert result.step == 6 and result.epoch == 2  # 30 training events, batches of 8
+    model, info = load_checkpoint(out)
+    assert isinstance(model, ParticleCNNTransformer) and model.config.grid == 16
+    prep = info["preprocessing"]
+    targets = SparseVoxelDataset(cube).targets
+    train_targets = targets[np.setdiff1d(np.arange(40), _val_indices())]
+    # the target normalisation comes from the training events, in GeV
+    assert prep["target_mean_gev"] == pytest.approx(train_targets.mean())
+    assert prep["target_std_gev"] == pytest.approx(train_targets.std())
+    assert model.config.target_mean_gev == pytest.approx(train_targets.mean())
+    assert prep["target_key"] == "momentum" and prep["target_unit"] == "GeV"
+    assert prep["shape"] == [16, 16, 16] and prep["geometry"]["name"] == "cube16"
+    assert info["metadata"]["data"]["n_train"] == 30 and info["metadata"]["data"]["n_val"] == 10
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["model"]["family"] == "particle-cnn-transformer"
+    assert resolved["model"]["target_std_gev"] == pytest.approx(train_targets.std())
+
+
+def _val_indices() -> np.ndarray:
+    from showerformer.training import split_indices
+
+    return split_indices(40, 0.25, seed=0)[1]
+
+
+def test_predict_file_layout(run, cube, tmp_path) -> None:
+    _, out = run
+    target = tmp_path / "pred.h5"
+    summary = predict_file(out, cube, target, batch_size=16, device="cpu")
+    with h5py.File(target) as f:
+        assert set(f) == {"true", "pred"}
+        assert f["true"].shape == f["pred"].shape == (40,)
+        assert f.attrs["quantity"] == "momentum" and f.attrs["unit"] == "GeV"
+        assert f.attrs["weights"] == "ema"
+        true, pred = f["true"][()], f["pred"][()]
+    np.testing.assert_allclose(true, SparseVoxelDataset(cube).targets)
+    model, _ = load_checkpoint(out)
+    dense = SparseVoxelDataset(cube)
+    batch = dense.collate_fn([dense[i] for i in range(5)])
+    np.testing.assert_allclose(pred[:5], model.predict(batch["voxels"]).numpy(), rtol=1e-5)
+    assert summary["events"] == 40 and summary["mae"] == pytest.approx(np.abs(pred - true).mean())
+    data = read_predictions(target)
+    assert data["quantity"] == "momentum" and data["pred"].shape == (1, 40)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_predict_errors(run, tmp_path) -> None:
+    _, out = run
+    other = write_cube_file(tmp_path / "cube8.h5", n=4, grid=8)
+    with pytest.raises(InputError, match=r"cube8.h5, key 'geometry'.*\(16, 16, 16\)"):
+        predict_file(out, other, tmp_path / "p.h5", device="cpu")
+    with pytest.raises(InputError, match="missing_run"):
+        predict_file(tmp_path / "missing_run", other, tmp_path / "p.h5", device="cpu")
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_regressor_config_errors(cube, tmp_path) -> None:
+    cfg = tiny_regressor_config()
+    cfg["model"]["grid"] = 32
+    with pytest.raises(InputError, match=r"key 'model.grid'.*16"):
+        train_regressor(cube, cfg, tmp_path, progress=False)
+    cfg = tiny_regressor_config()
+    cfg["model"]["d_modell"] = 3
+    with pytest.raises(InputError, match=r"key 'model.d_modell'"):
+        train_regressor(cube, cfg, tmp_path, progress=False)
+    cfg = tiny_regressor_config()
+    cfg["model"]["family"] = "unknown"
+    with pytest.raises(InputError, match=r"key 'model.family'.*particle-cnn-transformer"):
+        train_regressor(cube, cfg, tmp_path, progress=False)
+
+
+def test_commands(cube, tmp_path) -> None:
+    import yaml
+
+    from showerformer.commands.train import predict, train_app
+
+    app = typer.Typer()
+    app.add_typer(train_app, name="train")
+    app.command()(predict)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_regressor_config()))
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "regressor", "--data", str(cube), "--config", str(config),
+                              "--out", str(tmp_path / "run"), "--max-steps", "2",
+                              "--val-fraction", "0.2", "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "2 steps" in res.output and "step-0000002" in res.output
+    assert "best validation loss -;" not in res.output  # validated at the final step
+    res = runner.invoke(app, ["predict", str(tmp_path / "run"), "--data", str(cube),
+                              "--out", str(tmp_path / "p.h5"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 40 predictions (momentum in GeV" in res.output and "MAE" in res.output
+    assert read_predictions(tmp_path / "p.h5")["true"].shape == (40,)
+
+
+@pytest.mark.parametrize(("name", "grid", "params"), [("regressor_64.yaml", 64, 2_100_000),
+                                                      ("regressor_32_cpu.yaml", 32, 50_000)])
+def test_shipped_configs(tmp_path, name, grid, params) -> None:
+    run = load_run_config(CONFIGS / name, data_keys=("target_key", "target_scale",
+                                                     "val_fraction", "in_memory"))
+    assert run.family == "particle-cnn-transformer" and run.model["grid"] == grid
+    assert run.data["target_key"] == "momentum" and run.data["target_scale"] == 1e-3
+    path = write_cube_file(tmp_path / "c.h5", n=4, grid=grid)
+    model = build_regressor(run, SparseVoxelDataset(path))
+    assert model.config.grid == grid
+    assert sum(p.numel() for p in model.parameters()) > params
