@@ -16,18 +16,27 @@ def demo(
         "demo_output"),
     n: Annotated[int, typer.Option(help="Showers per simulated sample.")] = 4000,
     seed: Annotated[int, typer.Option(help="Seed of the whole demo.")] = 1,
+    n_regression: Annotated[int, typer.Option(
+        help="Simulated 32^3 proton events for the regression step.")] = 4000,
+    regression_steps: Annotated[int, typer.Option(
+        help="Training steps of the demo's small regressor (about 0.5 s each on a CPU).")
+    ] = 400,
 ) -> None:
-    """Simulate ds2-like electrons, inspect and convert the files, and evaluate two samples.
+    """Simulate, inspect, convert and evaluate ds2-like electrons; train and compare momentum
+    regressors on simulated protons.
 
     Steps: (1) simulate a reference and a second independent sample of ds2-like electrons
     (log-uniform 1 GeV - 1 TeV) with the built-in simulator; (2) summarize the files; (3) convert
     voxels to a point cloud and back; (4) run the CaloChallenge evaluation of one sample against
     the other (two samples of the same simulator: the classifier AUC is expected near 0.5) and
-    write the HTML report.
+    write the HTML report; (5) train the classical baselines and a small ParticleCNNTransformer
+    on simulated 32^3 protons and print the regression table.
     """
     from rich.console import Console
     from rich.table import Table
 
+    from showerformer.benchmark import run_regression_benchmark
+    from showerformer.commands.benchmark import print_regression_table
     from showerformer.commands.evaluate import headline_rows
     from showerformer.commands.files import info
     from showerformer.evaluation.pipeline import evaluate_files
@@ -71,4 +80,13 @@ def demo(
         table.add_row(name, value)
     console.print(table)
     console.print(f"report: {out / 'evaluation' / 'report.html'}")
+
+    step("5. regression: baselines vs a small ParticleCNNTransformer (32^3 protons, p 1-20 GeV)")
+    summary = run_regression_benchmark(
+        out / "regression", dataset="sandwich32", n_train=n_regression, n_test=1000,
+        seed=seed, config="regressor_32_cpu", max_steps=regression_steps, device="cpu",
+        say=lambda msg: console.print(f"[dim]{msg}[/]"))
+    print_regression_table(summary, console)
+    console.print("[dim]The network trained for a few CPU minutes only; "
+                  "'showerformer benchmark regression' runs the full comparison.[/]")
     step(f"done: everything is in {out}/")
