@@ -219,3 +219,11 @@ def test_cli_simulate(tmp_path):
                                    str(tmp_path / "x.h5")])
     assert bad.exit_code != 0
     assert isinstance(bad.exception, InputError)
+
+
+def test_ds1_energies_are_exact_powers_of_two():
+    from showerformer.simulation import Simulator
+
+    e = Simulator("ds1-photons", seed=0).block(0).conditions.energy  # MeV
+    assert np.array_equal(np.log2(e), np.round(np.log2(e)))
+    assert set(np.unique(e)) <= {2.0**k for k in range(8, 23)}

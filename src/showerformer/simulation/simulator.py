@@ -49,7 +49,7 @@ __all__ = [
     "simulate_to_file",
 ]
 
-_DS1_ENERGIES_GEV = ",".join(f"{2.0**k / 1000:g}" for k in range(8, 23))  # 0.256 .. 4194 GeV
+_DS1_ENERGIES_GEV = ",".join(repr(2.0**k / 1000) for k in range(8, 23))  # 0.256 .. 4194.304 GeV
 _DS1_THETA_DEG = math.degrees(2 * math.atan(math.exp(-0.225)))  # |eta| = 0.20-0.25 slice
 
 
