@@ -52,6 +52,7 @@ from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.methods.flow_matching import TIME_DISTRIBUTIONS, masked_mse, sample_path
 from showerformer.models import register
+from showerformer.models.config import ModelConfig
 from showerformer.nn.attention import MLP
 from showerformer.nn.embeddings import GaussianFourierFeatures, direction_vector
 from showerformer.nn.layer_window import (
@@ -390,7 +391,7 @@ def layers_from_counts(counts: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class PanShowerConfig:
+class PanShowerConfig(ModelConfig):
     """Hyper-parameters of :class:`PanShower`.
 
     Attributes:
@@ -462,24 +463,6 @@ class PanShowerConfig:
     def for_geometry(cls, geometry: Geometry, **kwargs: Any) -> PanShowerConfig:
         """A config whose ``n_layers_calo`` is the geometry's number of layers."""
         return cls(n_layers_calo=geometry.n_layers, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PanShowerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
-        return _config_from_dict(cls, data)
-
-
-def _config_from_dict(cls: Any, data: Mapping[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"unknown config key(s) {', '.join(unknown)}", key=unknown[0],
-                         expected="one of " + ", ".join(sorted(known)))
-    return cls(**dict(data))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from torch import Tensor, nn
 
 from showerformer.errors import InputError
 from showerformer.models import register
+from showerformer.models.config import ModelConfig
 from showerformer.nn import CrossAttentionBlock, RMSNorm, RotaryEmbedding3D, TransformerBlock
 from showerformer.nn.rope import grid_positions
 
@@ -98,7 +98,7 @@ _LOSSES = ("huber", "mse", "l1")
 
 
 @dataclass(frozen=True)
-class ParticleCNNTransformerConfig:
+class ParticleCNNTransformerConfig(ModelConfig):
     """Hyper-parameters of :class:`ParticleCNNTransformer` (defaults: the seed's 64^3 model).
 
     Attributes:
@@ -192,20 +192,6 @@ class ParticleCNNTransformerConfig:
     def scale_resolutions(self) -> tuple[int, ...]:
         """Voxels per axis at each CNN scale: ``max(grid / 2^s, token_grid)``."""
         return tuple(max(self.grid >> s, self.token_grid) for s in range(self.n_scales))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParticleCNNTransformerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown config key(s) {', '.join(unknown)}", key=unknown[0],
-                             expected="one of " + ", ".join(sorted(known)))
-        return cls(**dict(data))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,11 +30,11 @@ from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.methods.flow_matching import TIME_DISTRIBUTIONS, flow_matching_loss
 from showerformer.models import register
+from showerformer.models.config import ModelConfig
 from showerformer.models.panshower import (
     CONDITION_KEYS,
     DEFAULT_PARTICLES,
     Preprocessing,
-    _config_from_dict,
     _require,
     condition_tensors,
 )
@@ -61,7 +60,7 @@ def counts_from_log(y: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class PointCountFMConfig:
+class PointCountFMConfig(ModelConfig):
     """Hyper-parameters of :class:`PointCountFM`.
 
     Attributes:
@@ -114,15 +113,6 @@ class PointCountFMConfig:
     def for_geometry(cls, geometry: Geometry, **kwargs: Any) -> PointCountFMConfig:
         """A config whose ``n_layers_calo`` is the geometry's number of layers."""
         return cls(n_layers_calo=geometry.n_layers, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PointCountFMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
-        return _config_from_dict(cls, data)
 
 
 class _ResidualBlock(nn.Module):
