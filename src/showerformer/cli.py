@@ -13,7 +13,7 @@ from showerformer.commands.evaluate import evaluate, evaluate_regression
 from showerformer.commands.files import convert, info
 from showerformer.commands.models import model_summary
 from showerformer.commands.simulate import simulate
-from showerformer.commands.train import predict, train_app
+from showerformer.commands.train import predict, sample, train_app
 
 __all__ = ["app", "main"]
 
@@ -53,6 +53,7 @@ app.command("evaluate-regression")(evaluate_regression)
 app.command("model-summary")(model_summary)
 app.add_typer(train_app, name="train")
 app.command()(predict)
+app.command()(sample)
 app.add_typer(benchmark_app, name="benchmark")
 app.command()(demo)
 

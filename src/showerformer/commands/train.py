@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-__all__ = ["predict", "regressor", "train_app"]
+__all__ = ["point_flow", "predict", "regressor", "sample", "train_app"]
 
 
 def regressor(
@@ -54,6 +54,112 @@ def regressor(
                    f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
 
 
+def point_flow(
+    data: Annotated[Path, typer.Option(
+        "--data", help="Training showers: point clouds (e.g. 'showerformer simulate multi') or "
+                       "voxels (CaloChallenge, Par04, sparse; dequantized to one point per "
+                       "cell).")],
+    config: Annotated[Path, typer.Option(
+        "--config", help="YAML run config (see configs/point_flow_ds2.yaml).")],
+    val_data: Annotated[Path | None, typer.Option(
+        "--val-data", help="Separate validation file (default: hold out --val-fraction).")
+    ] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        "--val-fraction", help="Seeded held-out share of --data (default: the config's, "
+                               "else 0.05).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder (default: the config's train.out_dir).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the run folder's last checkpoint.")] = False,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", help="Stop after N optimizer steps (the schedule ends there too).")
+    ] = None,
+    max_showers: Annotated[int | None, typer.Option(
+        "--max-showers", help="Read at most N showers of each file.")] = None,
+    layer_window: Annotated[int | None, typer.Option(
+        "--layer-window", help="Attention only between points at most K layers apart "
+                               "(layers q-K..q+K; overrides the config; -1: no limit).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu, cuda or cuda:N (default: the config's).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="Show a progress bar.")] = True,
+) -> None:
+    """Train the point-cloud generator: PanShower (flow matching over points) with PointCountFM.
+
+    One model for every particle type in the data. Under torchrun the global batch is split
+    over the processes; rank 0 writes the logs and checkpoints.
+    """
+    from showerformer.training.engine import load_yaml
+    from showerformer.training.point_flow import train_point_flow
+
+    cfg: Any = config
+    if layer_window is not None:
+        raw = load_yaml(config)
+        model = dict(raw.get("model") or {})
+        shower = dict(model.get("shower") or {})
+        shower["layer_window"] = None if layer_window < 0 else layer_window
+        model["shower"] = shower
+        raw["model"] = model
+        cfg = raw
+    result = train_point_flow(data, cfg, out, val_data=val_data, val_fraction=val_fraction,
+                              resume=resume, max_steps=max_steps, max_showers=max_showers,
+                              device=device, progress=progress)
+    if result.checkpoint is not None:
+        best = "-" if result.best_val_loss is None else f"{result.best_val_loss:.5g}"
+        how = "early stopping" if result.stopped_early else "done"
+        typer.echo(f"{how}: {result.step} steps, {result.epoch} epochs, best validation loss "
+                   f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
+
+
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="Point-flow checkpoint folder, or a run folder (its last checkpoint).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 file.")
+                   ] = Path("generated.h5"),
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of showers.")] = 1000,
+    particle: Annotated[str | None, typer.Option(
+        "--particle", help="e-, gamma, pi+, proton (or PDG ids), comma-separated for a mix "
+                           "(default: the training particles).")] = None,
+    energy: Annotated[str | None, typer.Option(
+        "--energy", help="Incident energy in GeV: '50', a range '1-1000' (log-uniform unless "
+                         "--spectrum) or a list '64,128,256' (default: the training range).")
+    ] = None,
+    spectrum: Annotated[str | None, typer.Option(
+        "--spectrum", help="fixed, uniform, log-uniform or discrete.")] = None,
+    theta: Annotated[str | None, typer.Option(
+        "--theta", help="Polar angle in degrees, '90' or '70:90' (default: the training "
+                        "range).")] = None,
+    phi: Annotated[str | None, typer.Option(
+        "--phi", help="Azimuth in degrees (default: the training range).")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="calochallenge (voxelized through the training geometry), "
+                         "pointcloud, or auto (voxels when trained on voxels).")] = "auto",
+    steps: Annotated[int | None, typer.Option("--steps", help="ODE steps (default 16).")
+                     ] = None,
+    sampler: Annotated[str | None, typer.Option(
+        "--sampler", help="midpoint (default), heun or euler.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Showers per network call.")
+                          ] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of conditions and noise.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
+                      ] = "auto",
+    best: Annotated[bool, typer.Option(
+        "--best", help="With a run folder: the best-validation checkpoint.")] = False,
+    no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights.")] = False,
+) -> None:
+    """Generate showers with a trained point-flow model (counts per layer, then points)."""
+    from showerformer.training.point_flow import sample_point_flow
+
+    s = sample_point_flow(checkpoint, out, n=n, particle=particle, energy=energy,
+                          spectrum=spectrum, theta=theta, phi=phi, format=fmt, seed=seed,
+                          steps=steps, sampler=sampler, batch_size=batch_size, device=device,
+                          ema=not no_ema, which="best" if best else "last")
+    typer.echo(f"wrote {s['showers']:,} showers ({s['format']}, {s['mean_points']:.1f} points "
+               f"on average) to {s['path']} in {s['seconds']:.1f} s "
+               f"({s['ms_per_shower']:.2f} ms/shower, {s['weights']} weights)")
+
+
 def predict(
     checkpoint: Annotated[Path, typer.Argument(
         help="Checkpoint folder, or a run folder (its last checkpoint).")],
@@ -87,3 +193,4 @@ train_app = typer.Typer(name="train", help="Train a model family on a data file.
                         no_args_is_help=True)
 """The ``train`` command group (``app.add_typer(train_app, name="train")``)."""
 train_app.command("regressor")(regressor)
+train_app.command("point-flow")(point_flow)

@@ -54,3 +54,4 @@ def get_model_class(name: str) -> type[nn.Module]:
 from showerformer.models import panshower as panshower  # noqa: E402
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
 from showerformer.models import point_count_fm as point_count_fm  # noqa: E402
+from showerformer.models import point_flow as point_flow  # noqa: E402

@@ -183,8 +183,33 @@ class Preprocessing:
             showers' geometry when it has ``n_layers`` layers, else the mean ``z`` of the points
             of each layer (interpolated for empty layers).
         """
-        geo = showers.geometry
-        pts = showers.points[showers.mask].astype(np.float64)  # (n, 5)
+        return cls.fit_points(showers.points[showers.mask], showers.conditions.energy,
+                              geometry=showers.geometry, n_layers=n_layers, per_layer=per_layer,
+                              min_points=min_points)
+
+    @classmethod
+    def fit_points(
+        cls,
+        points: np.ndarray,
+        incident_energy: np.ndarray,
+        *,
+        geometry: Geometry | None = None,
+        n_layers: int | None = None,
+        per_layer: bool = True,
+        min_points: int = 10,
+    ) -> Preprocessing:
+        """Fit the statistics on the real points of all showers stacked (no padding).
+
+        Arguments:
+            points: x, y, z (mm), E (MeV), layer of every real point.  # (M, 5)
+            incident_energy: incident energies of the showers, MeV.  # (N,)
+            geometry, n_layers, per_layer, min_points: as in :meth:`fit`.
+
+        Returns:
+            The fitted :class:`Preprocessing`.
+        """
+        geo = geometry
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 5)  # (M, 5)
         if len(pts) == 0:
             raise InputError("no points to fit the preprocessing on", key="points",
                              expected="at least one real point")
@@ -211,7 +236,7 @@ class Preprocessing:
             filled = np.flatnonzero(counts > 0)
             z_mean = np.bincount(layer, weights=pts[:, 2], minlength=n_layers)[filled] / counts[filled]
             layer_z = np.interp(np.arange(n_layers), filled, z_mean)
-        log_e0 = np.log(np.maximum(showers.conditions.energy, 1e-12))
+        log_e0 = np.log(np.maximum(np.asarray(incident_energy, dtype=np.float64), 1e-12))
         return cls(mean=mean, std=std, layer_z=layer_z, energy_floor=floor,
                    incident_log_mean=float(log_e0.mean()),
                    incident_log_std=float(max(log_e0.std(), 1e-6)), per_layer=per_layer)

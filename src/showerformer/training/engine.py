@@ -539,12 +539,18 @@ class Trainer:
         progress: show a rich progress bar (main process only).
         metadata: JSON-ready data stored in every checkpoint, e.g. ``{"preprocessing": ...}``.
         verbose: print notes (resume, TensorBoard missing, early stop); default ``progress``.
+        batch_sampler: factory of the training batch sampler with the signature of
+            :class:`~showerformer.training.data.EpochBatchSampler` (``n, batch_size, *, seed,
+            epoch, start, rank, world_size``); e.g. a ``functools.partial`` of
+            :class:`~showerformer.training.point_data.BucketBatchSampler`. Its order must
+            depend only on ``(seed, epoch)`` for exact resumption.
     """
 
     def __init__(self, model: nn.Module, train_dataset: Dataset, val_dataset: Dataset | None,
                  config: TrainConfig, collate_fn: Callable[[list[Any]], Any] | None = None, *,
                  val_collate_fn: Callable[[list[Any]], Any] | None = None, progress: bool = True,
-                 metadata: Mapping[str, Any] | None = None, verbose: bool | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None, verbose: bool | None = None,
+                 batch_sampler: Callable[..., Any] | None = None) -> None:
         if not callable(getattr(model, "loss", None)):
             raise TypeError(f"{type(model).__name__} has no loss(batch) method")
         self.model = model
@@ -557,6 +563,7 @@ class Trainer:
         self.progress = progress
         self.verbose = progress if verbose is None else verbose
         self.metadata = dict(metadata or {})
+        self.batch_sampler = batch_sampler or EpochBatchSampler
         self.out_dir = Path(config.out_dir)
         self.checkpoint_root = self.out_dir / "checkpoints"
         n = len(train_dataset)  # type: ignore[arg-type]
@@ -856,9 +863,9 @@ class Trainer:
                                 info="")
         try:
             while self.step < self.total_steps and not (stopped_early or interrupted):
-                sampler = EpochBatchSampler(n, cfg.batch_size, seed=cfg.seed, epoch=self.epoch,
-                                            start=self.batch_in_epoch, rank=env.rank,
-                                            world_size=env.world_size)
+                sampler = self.batch_sampler(n, cfg.batch_size, seed=cfg.seed, epoch=self.epoch,
+                                             start=self.batch_in_epoch, rank=env.rank,
+                                             world_size=env.world_size)
                 loader = DataLoader(self.train_dataset, batch_sampler=sampler,
                                     collate_fn=self.collate_fn, num_workers=cfg.num_workers,
                                     pin_memory=self.device.type == "cuda",
