@@ -78,7 +78,7 @@ def _pct() -> tuple[dict[str, Any], Callable[[], dict[str, torch.Tensor]]]:
 FAMILIES: dict[str, tuple[dict[str, Any], Callable[[], dict[str, torch.Tensor]]]] = {
     "particle-cnn-transformer": _pct(),
     "panshower": ({"n_layers_calo": L, "d_model": 32, "n_heads": 2, "n_layers": 2,
-                   "attention": "dense"}, _point_batch),
+                   "attention": "blocked"}, _point_batch),
     "point-count-fm": ({"n_layers_calo": L, "hidden": 32, "depth": 2}, _point_batch),
     "point-flow": ({"n_layers_calo": L, "shower": {"d_model": 32, "n_heads": 2, "n_layers": 2},
                     "counts": {"hidden": 32, "depth": 2}}, _point_batch),

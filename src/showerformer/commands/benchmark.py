@@ -1,4 +1,4 @@
-"""Benchmark commands: ``showerformer benchmark regression``."""
+"""Benchmark commands: ``showerformer benchmark regression`` and ``benchmark point-flow``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["benchmark_app", "print_regression_table", "regression"]
+__all__ = ["benchmark_app", "point_flow", "print_point_flow_tables", "print_regression_table",
+           "regression"]
 
 benchmark_app = typer.Typer(help="End-to-end benchmarks on the built-in simulator.",
                             no_args_is_help=True)
@@ -106,3 +107,101 @@ def regression(
         model=not no_model, plots=not no_plots,
         say=lambda msg: console.rule(msg, style="dim"))
     print_regression_table(summary, console)
+
+
+def print_point_flow_tables(summary: dict[str, Any], console: Any = None) -> None:
+    """Print the point-flow benchmark: quality per dataset and particle, speed, attention cost."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+
+    def pm(row: dict[str, Any], key: str) -> str:
+        v, e = row.get(key), row.get(f"{key}_err")
+        return _f(v) if e is None or v is None else f"{_f(v)} ± {_f(e)}"
+
+    q = Table(title=f"point-flow quality vs held-out simulator showers ({summary['n_test']:,} "
+                    "each; AUC 0.5 = indistinguishable)", title_justify="left")
+    for col in ("dataset", "particle", "AUC low", "AUC low normed", "AUC high", "FPD x1e3",
+                "KPD x1e3", "mean sep. power", "steps", "train min", "params"):
+        q.add_column(col, justify="left" if col in ("dataset", "particle") else "right")
+    for name, d in summary["datasets"].items():
+        for particle, ev in d["evaluation"].items():
+            q.add_row(name, particle, pm(ev, "auc_low"), pm(ev, "auc_low_normed"),
+                      pm(ev, "auc_high"), pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"),
+                      _f(ev.get("separation_mean")), f"{d['steps']:,}",
+                      f"{d['train_seconds'] / 60:.1f}", f"{d['parameters']['total']:,}")
+    console.print(q)
+    speed = Table(title="sampling speed (count model + shower model, midpoint 16 steps unless "
+                        "set)", title_justify="left")
+    for col in ("dataset", "batch", "chunk", "ms/shower", "points/shower", "peak memory GiB",
+                "memory", "device"):
+        speed.add_column(col, justify="left" if col in ("dataset", "memory", "device")
+                         else "right")
+    for name, d in summary["datasets"].items():
+        for r in d.get("speed", []):
+            speed.add_row(name, f"{r['batch']:,}", f"{r['chunk']:,}", _f(r["ms_per_shower"]),
+                          _f(r["mean_points"], 4), _f(r["peak_memory_gib"]), r["memory_kind"],
+                          r["device"])
+    console.print(speed)
+    if summary.get("attention"):
+        from showerformer.benchmark.attention import format_attention_table
+
+        console.print(format_attention_table(summary["attention"]), highlight=False)
+
+
+@benchmark_app.command("point-flow")
+def point_flow(
+    out: Annotated[Path, typer.Option(help="Output folder (data, runs, samples, reports).")
+                   ] = Path("benchmark_point_flow"),
+    datasets: Annotated[str, typer.Option(
+        help="Comma-separated: ds2 (ds2-like electrons) and/or multi (e-, gamma, pi+, p).")
+                        ] = "ds2,multi",
+    n_train: Annotated[int, typer.Option(help="Training showers to simulate.")] = 20_000,
+    n_test: Annotated[int, typer.Option(help="Held-out showers to simulate and generate.")
+                      ] = 2_000,
+    budget_minutes: Annotated[float, typer.Option(
+        help="Training wall time per dataset (the schedule is fitted to it).")] = 120.0,
+    config: Annotated[list[str] | None, typer.Option(
+        help="DATASET=CONFIG (YAML path or name in configs/), repeatable; default "
+             "point_flow_ds2 / point_flow_multi.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    speed_batches: Annotated[str | None, typer.Option(
+        help="Comma-separated batch sizes of the speed test (default 1,100 and 10000 on a "
+             "GPU).")] = None,
+    attention_points: Annotated[str, typer.Option(
+        help="Comma-separated point counts of the attention-cost table ('' to skip).")
+                                ] = "1000,4000,16000",
+    classifier: Annotated[str, typer.Option(help="cpu, full or none.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of data, training and sampling.")] = 0,
+) -> None:
+    """Train PanShower + PointCountFM on ds2-like electrons and on the multi-particle set within
+    a time budget, sample, and evaluate against held-out showers; time sampling and attention."""
+    from rich.console import Console
+
+    from showerformer.benchmark import run_point_flow_benchmark
+    from showerformer.errors import InputError
+
+    configs = {}
+    for item in config or []:
+        if "=" not in item:
+            raise InputError(f"--config {item!r}", key="config", expected="DATASET=CONFIG")
+        k, v = item.split("=", 1)
+        configs[k.strip()] = v.strip()
+
+    def ints(text: str | None) -> list[int] | None:
+        if not text:
+            return None
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"{text!r}", key="batches",
+                             expected="comma-separated integers") from None
+
+    console = Console()
+    summary = run_point_flow_benchmark(
+        out, datasets=[d.strip() for d in datasets.split(",") if d.strip()], n_train=n_train,
+        n_test=n_test, budget_minutes=budget_minutes, configs=configs, device=device, seed=seed,
+        speed_batches=ints(speed_batches), attention_points=ints(attention_points) or (),
+        classifier=classifier, say=lambda msg: console.rule(msg, style="dim"))
+    print_point_flow_tables(summary, console)

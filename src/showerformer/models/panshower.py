@@ -16,7 +16,7 @@ Read top to bottom:
    and an MLP of ``log(1 + n)`` of the per-layer point counts. ``c`` steers every block through
    adaptive layer norm (shift, scale and gate of both residual branches, as in DiT). The blocks
    use layer-window attention: a point attends only to points at most ``layer_window`` layers
-   away (FlexAttention on CUDA, a dense mask elsewhere, see
+   away (FlexAttention on CUDA, key tiles gathered per query tile elsewhere, see
    :mod:`showerformer.nn.layer_window`).
 4. :meth:`PanShower.loss`: rectified-flow matching (:mod:`showerformer.methods.flow_matching`),
    the squared error averaged over real points only, with optional per-shower (or per-layer)
@@ -434,7 +434,8 @@ class PanShowerConfig(ModelConfig):
         time_distribution: training times, ``"uniform"`` or ``"logit-normal"``.
         ot_pairing: ``"none"``, ``"shower"`` (optimal-transport pairing of noise and data points
             within each shower) or ``"layer"`` (within each layer of each shower, cheaper).
-        attention: ``"auto"`` (FlexAttention on CUDA, dense elsewhere), ``"dense"`` or ``"flex"``.
+        attention: ``"auto"`` (FlexAttention on CUDA, the blocked path elsewhere), ``"dense"``,
+            ``"blocked"`` or ``"flex"``.
     """
 
     n_layers_calo: int = 30

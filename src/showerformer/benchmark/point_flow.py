@@ -1,0 +1,311 @@
+"""``showerformer benchmark point-flow``: train, sample and evaluate the point-cloud generator.
+
+For each dataset (the built-in ds2-like electrons, the multi-particle Fe/scintillator set):
+simulate a training and an independent held-out file; time a few training steps and set the
+number of steps that fits the stated time budget; train PanShower + PointCountFM with the shared
+engine; generate as many showers as the held-out set has, with the same incident particles;
+compare them with the evaluation suite (classifier AUCs, FPD, KPD, separation powers; per
+particle type for the multi-particle set). Then time sampling at the requested batch sizes
+(ms/shower, peak memory) and compare the cost of layer-window and full attention.
+
+References:
+    Buss et al., "PanShower" (seed document 004); CaloChallenge evaluation, arXiv:2410.21611.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from showerformer._atomic import atomic_path
+from showerformer.errors import InputError
+
+__all__ = ["DATASET_CONFIGS", "measure_sampling", "run_point_flow_benchmark"]
+
+DATASET_CONFIGS = {"ds2": "point_flow_ds2", "multi": "point_flow_multi"}
+"""Default run config (in ``configs/``) of each benchmark dataset."""
+
+PathLike = str | os.PathLike[str]
+
+
+def _peak_rss_reset() -> bool:
+    """Reset the process's peak resident memory (Linux ``clear_refs``); False if impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_gib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def measure_sampling(
+    model: Any,
+    preprocessing: Any,
+    info: Mapping[str, Any],
+    conditions: Any,
+    batch_sizes: Sequence[int] = (1, 100),
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    sampler: str | None = None,
+    max_chunk: int = 1000,
+    repeats_at_1: int = 5,
+) -> list[dict[str, Any]]:
+    """Sampling time per shower (count model + shower model + inverse preprocessing).
+
+    Arguments:
+        model, preprocessing, info: from :func:`~showerformer.training.point_flow.load_point_flow`.
+        conditions: incident particles to draw from (cycled when too few).
+        batch_sizes: showers per request.
+        seed: noise seed.
+        steps, sampler: ODE integration (default midpoint, 16 steps).
+        max_chunk: showers per network call at most (bounds memory; a request of 10,000 on a
+            CPU is processed in chunks of this size, which the row states).
+        repeats_at_1: requests timed at batch size 1.
+
+    Returns:
+        Rows with ``batch``, ``chunk``, ``ms_per_shower``, ``peak_memory_gib`` (CUDA allocator
+        peak on GPUs, process peak RSS on CPUs), ``memory_kind``, ``mean_points``.
+    """
+    from showerformer.training.point_flow import generate_showers
+
+    device = next(model.parameters()).device
+    rows = []
+    n_cond = len(conditions)
+    # warm up (allocations, FlexAttention compilation on GPUs)
+    generate_showers(model, preprocessing, info, conditions[np.arange(min(4, n_cond))],
+                     seed=seed, steps=steps, sampler=sampler)
+    for b in batch_sizes:
+        idx = np.arange(b) % n_cond
+        cond = conditions[idx]
+        chunk = min(b, max_chunk)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        reset = _peak_rss_reset()
+        reps = repeats_at_1 if b == 1 else 1
+        t0 = time.perf_counter()
+        for r in range(reps):
+            showers = generate_showers(model, preprocessing, info, cond, seed=seed + r,
+                                       steps=steps, sampler=sampler, batch_size=chunk)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak, kind = torch.cuda.max_memory_allocated() / 1024**3, "cuda allocator peak"
+        else:
+            peak = _peak_rss_gib()
+            kind = "process peak RSS" if reset else "process peak RSS (since start)"
+        seconds = (time.perf_counter() - t0) / reps
+        rows.append({"batch": int(b), "chunk": int(chunk), "ms_per_shower": 1e3 * seconds / b,
+                     "peak_memory_gib": peak, "memory_kind": kind,
+                     "mean_points": float(showers.n_points.mean()), "device": str(device)})
+    return rows
+
+
+def _simulate(path: Path, dataset: str, n: int, seed: int) -> Path:
+    from showerformer.simulation import simulate_to_file
+
+    if not path.exists():
+        simulate_to_file(path, dataset, n=n, seed=seed, progress=False)
+    return path
+
+
+def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: int,
+                        device: str | None, max_showers: int | None) -> float:
+    """Seconds per training step, from a short run of the same config (its log rows)."""
+    from showerformer.training.point_flow import train_point_flow
+
+    raw = {k: dict(v) for k, v in run.items()}
+    raw["train"].update(max_steps=steps, epochs=None, log_every=1, checkpoint_every=None,
+                        tensorboard=False, warmup_steps=0)
+    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False,
+                           max_showers=max_showers)
+    batch = int(raw["train"].get("batch_size", 32))
+    rates = [r["samples_per_s"] for r in res.history if r.get("samples_per_s")]
+    rates = rates[1:] or rates  # the first step includes one-off costs
+    return batch / float(np.mean(rates))
+
+
+def _evaluate(reference: Any, generated: Any, out: Path, classifier: str, seed: int,
+              kinds: Sequence[str]) -> dict[str, Any]:
+    from showerformer.evaluation.pipeline import evaluate_files
+
+    m = evaluate_files(reference, generated, out_dir=out, classifier=classifier, seed=seed,
+                       kinds=kinds, plots=True, n_single_showers=2)
+    cls = m.get("classifier", {})
+    row: dict[str, Any] = {"report": m.get("report")}
+    for kind in ("low", "low_normed", "high"):
+        r = cls.get(kind) if isinstance(cls, Mapping) else None
+        r = r if isinstance(r, Mapping) else {}
+        row[f"auc_{kind}"] = r.get("auc_mean")
+        row[f"auc_{kind}_err"] = r.get("auc_std")
+    for key in ("fpd", "kpd"):
+        d = m.get(key) or {}
+        row[f"{key}_x1e3"] = d.get("value_x1e3")
+        row[f"{key}_x1e3_err"] = d.get("error_x1e3")
+    sp = m.get("separation_power") or {}
+    row["separation_mean"] = sp.get("mean")
+    return row
+
+
+def run_point_flow_benchmark(
+    out_dir: PathLike,
+    *,
+    datasets: Sequence[str] = ("ds2", "multi"),
+    n_train: int = 20_000,
+    n_test: int = 2_000,
+    budget_minutes: float = 120.0,
+    configs: Mapping[str, PathLike] | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    speed_batches: Sequence[int] | None = None,
+    attention_points: Sequence[int] = (1000, 4000, 16000),
+    classifier: str = "cpu",
+    steps: int | None = None,
+    sampler: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the point-flow benchmark; writes ``summary.json`` into ``out_dir`` and returns it.
+
+    Arguments:
+        out_dir: folder for data, runs, generated samples, evaluation reports.
+        datasets: ``"ds2"`` (ds2-like electrons, voxels dequantized to points) and/or
+            ``"multi"`` (e-, gamma, pi+, proton point clouds).
+        n_train, n_test: showers simulated for training and for the held-out comparison.
+        budget_minutes: training wall time per dataset; the number of steps is set from a
+            timed probe (the cosine schedule ends at the budget), capped by the config.
+        configs: run config (path or name in ``configs/``) per dataset; default
+            :data:`DATASET_CONFIGS`.
+        device: ``auto``, ``cpu`` or ``cuda`` (default: the configs').
+        seed: seed of data, training and sampling.
+        speed_batches: batch sizes of the speed measurement (default 1, 100 and, on a GPU,
+            10,000).
+        attention_points: point counts of the attention-cost comparison (empty: skip).
+        classifier: evaluation classifier mode (``cpu``, ``full``, ``none``).
+        steps, sampler: ODE integration for sampling.
+        say: progress messages.
+    """
+    from showerformer.benchmark.regression import default_config_path
+    from showerformer.io import read_showers
+    from showerformer.training.engine import load_yaml
+    from showerformer.training.point_flow import (
+        generate_showers,
+        load_point_flow,
+        train_point_flow,
+    )
+
+    say = say or (lambda _m: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [d for d in datasets if d not in DATASET_CONFIGS]
+    if unknown:
+        raise InputError(f"dataset {unknown[0]!r}", key="datasets",
+                         expected=" or ".join(DATASET_CONFIGS))
+    if not budget_minutes > 0:
+        raise InputError(f"budget_minutes={budget_minutes}", key="budget_minutes",
+                         expected="a positive number of minutes")
+    configs = dict(configs or {})
+    summary: dict[str, Any] = {"datasets": {}, "budget_minutes": budget_minutes,
+                               "n_train": n_train, "n_test": n_test, "seed": seed,
+                               "torch_threads": torch.get_num_threads()}
+    for name in datasets:
+        cfg_path = default_config_path(str(configs.get(name, DATASET_CONFIGS[name])))
+        run = load_yaml(cfg_path)
+        run = {k: dict(run.get(k) or {}) for k in ("model", "train", "data")}
+        train_file = _simulate(out / f"{name}_train.h5", name, n_train, seed)
+        test_file = _simulate(out / f"{name}_test.h5", name, n_test, seed + 1)
+        say(f"{name}: timing training steps")
+        step_s = _probe_step_seconds(train_file, run, out / f"{name}_probe", 6, device, None)
+        budget_steps = max(1, int(budget_minutes * 60 / step_s))
+        cap = run["train"].get("max_steps")
+        total = min(budget_steps, int(cap)) if cap else budget_steps
+        run["train"]["max_steps"] = total
+        run["train"]["epochs"] = None
+        run["train"]["warmup_steps"] = min(int(run["train"].get("warmup_steps", 0)), total // 10)
+        say(f"{name}: training {total:,} steps (~{step_s:.2f} s each) in a "
+            f"{budget_minutes:g}-minute budget")
+        t0 = time.perf_counter()
+        res = train_point_flow(train_file, run, out / f"{name}_run", device=device,
+                               progress=True)
+        train_s = time.perf_counter() - t0
+        model, pre, info = load_point_flow(res.out_dir, device=device or "auto")
+        params = model.n_parameters()
+        test = read_showers(test_file)
+        cond = test.conditions
+        say(f"{name}: generating {len(cond):,} showers")
+        t0 = time.perf_counter()
+        gen = generate_showers(model, pre, info, cond, seed=seed + 7, steps=steps,
+                               sampler=sampler, progress=True)
+        gen_s = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "config": str(cfg_path), "steps": res.step, "epochs": res.epoch,
+            "train_seconds": train_s, "step_seconds_probe": step_s,
+            "best_val_loss": res.best_val_loss, "parameters": params,
+            "showers_seen": res.step * int(run["train"].get("batch_size", 32)),
+            "generate_seconds": gen_s, "generate_ms_per_shower": 1e3 * gen_s / len(cond),
+            "mean_points_generated": float(gen.n_points.mean()),
+            "device": str(next(model.parameters()).device),
+        }
+        say(f"{name}: evaluating against the held-out showers")
+        if name == "ds2":
+            gen_v = gen.to_voxels()
+            row["evaluation"] = {"e-": _evaluate(test, gen_v, out / f"{name}_eval", classifier,
+                                                 seed, ("low", "low_normed", "high"))}
+        else:
+            row["evaluation"] = {}
+            from showerformer.simulation.beams import PARTICLES
+
+            names = {p.pdg: n for n, p in PARTICLES.items()}
+            for pdg in np.unique(cond.pdg):
+                sel = np.flatnonzero(cond.pdg == pdg)
+                label = names.get(int(pdg), str(pdg))
+                row["evaluation"][label] = _evaluate(
+                    test[sel].to_voxels(), gen[sel].to_voxels(),
+                    out / f"{name}_eval_{label}", classifier, seed, ("high",))
+        if name == "ds2" or len(datasets) == 1:
+            batches = list(speed_batches) if speed_batches else (
+                [1, 100, 10_000] if next(model.parameters()).device.type == "cuda" else [1, 100])
+            say(f"{name}: sampling speed at batch sizes {batches}")
+            row["speed"] = measure_sampling(model, pre, info, cond, batches, seed=seed,
+                                            steps=steps, sampler=sampler)
+        summary["datasets"][name] = row
+        _write(out / "summary.json", summary)
+    if attention_points:
+        from showerformer.benchmark.attention import attention_cost
+
+        dev = "cuda" if (device or "auto") != "cpu" and torch.cuda.is_available() else "cpu"
+        say(f"attention cost at {list(attention_points)} points ({dev})")
+        summary["attention"] = attention_cost(points=tuple(attention_points), device=dev)
+    _write(out / "summary.json", summary)
+    return summary
+
+
+def _write(path: Path, data: Mapping[str, Any]) -> None:
+    def default(v: Any) -> Any:
+        if isinstance(v, np.integer | np.floating):
+            return v.item()
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        raise TypeError(type(v).__name__)
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=default) + "\n")
