@@ -135,6 +135,7 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
     raw = {k: dict(v) for k, v in run.items()}
     raw["train"].update(max_steps=steps, epochs=None, log_every=1, checkpoint_every=None,
                         tensorboard=False, warmup_steps=0)
+    raw["data"]["val_fraction"] = 0.0  # no validation pass in the timing run
     res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False,
                            max_showers=max_showers)
     batch = int(raw["train"].get("batch_size", 32))
@@ -144,11 +145,11 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
 
 
 def _evaluate(reference: Any, generated: Any, out: Path, classifier: str, seed: int,
-              kinds: Sequence[str]) -> dict[str, Any]:
+              kinds: Sequence[str], plots: bool) -> dict[str, Any]:
     from showerformer.evaluation.pipeline import evaluate_files
 
     m = evaluate_files(reference, generated, out_dir=out, classifier=classifier, seed=seed,
-                       kinds=kinds, plots=True, n_single_showers=2)
+                       kinds=kinds, plots=plots, n_single_showers=2)
     cls = m.get("classifier", {})
     row: dict[str, Any] = {"report": m.get("report")}
     for kind in ("low", "low_normed", "high"):
@@ -180,6 +181,7 @@ def run_point_flow_benchmark(
     classifier: str = "cpu",
     steps: int | None = None,
     sampler: str | None = None,
+    plots: bool = True,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the point-flow benchmark; writes ``summary.json`` into ``out_dir`` and returns it.
@@ -200,6 +202,7 @@ def run_point_flow_benchmark(
         attention_points: point counts of the attention-cost comparison (empty: skip).
         classifier: evaluation classifier mode (``cpu``, ``full``, ``none``).
         steps, sampler: ODE integration for sampling.
+        plots: write the evaluation plots.
         say: progress messages.
     """
     from showerformer.benchmark.regression import default_config_path
@@ -267,7 +270,7 @@ def run_point_flow_benchmark(
         if name == "ds2":
             gen_v = gen.to_voxels()
             row["evaluation"] = {"e-": _evaluate(test, gen_v, out / f"{name}_eval", classifier,
-                                                 seed, ("low", "low_normed", "high"))}
+                                                 seed, ("low", "low_normed", "high"), plots)}
         else:
             row["evaluation"] = {}
             from showerformer.simulation.beams import PARTICLES
@@ -278,7 +281,7 @@ def run_point_flow_benchmark(
                 label = names.get(int(pdg), str(pdg))
                 row["evaluation"][label] = _evaluate(
                     test[sel].to_voxels(), gen[sel].to_voxels(),
-                    out / f"{name}_eval_{label}", classifier, seed, ("high",))
+                    out / f"{name}_eval_{label}", classifier, seed, ("high",), plots)
         if name == "ds2" or len(datasets) == 1:
             batches = list(speed_batches) if speed_batches else (
                 [1, 100, 10_000] if next(model.parameters()).device.type == "cuda" else [1, 100])

@@ -174,6 +174,8 @@ def point_flow(
                                 ] = "1000,4000,16000",
     classifier: Annotated[str, typer.Option(help="cpu, full or none.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of data, training and sampling.")] = 0,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the evaluation plots.")
+                        ] = False,
 ) -> None:
     """Train PanShower + PointCountFM on ds2-like electrons and on the multi-particle set within
     a time budget, sample, and evaluate against held-out showers; time sampling and attention."""
@@ -203,5 +205,5 @@ def point_flow(
         out, datasets=[d.strip() for d in datasets.split(",") if d.strip()], n_train=n_train,
         n_test=n_test, budget_minutes=budget_minutes, configs=configs, device=device, seed=seed,
         speed_batches=ints(speed_batches), attention_points=ints(attention_points) or (),
-        classifier=classifier, say=lambda msg: console.rule(msg, style="dim"))
+        classifier=classifier, plots=not no_plots, say=lambda msg: console.rule(msg, style="dim"))
     print_point_flow_tables(summary, console)

@@ -1,0 +1,56 @@
+"""The point-flow benchmark end to end at toy size: data, budgeted training, sampling, evaluation,
+speed rows, attention rows and the printed tables."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from showerformer.benchmark import run_point_flow_benchmark
+from showerformer.commands.benchmark import print_point_flow_tables
+from showerformer.errors import InputError
+
+TINY = {
+    "model": {"family": "point-flow", "shower": {"d_model": 16, "n_heads": 2, "n_layers": 1},
+              "counts": {"hidden": 16, "depth": 1}},
+    "train": {"lr": 1e-3, "max_steps": 4, "batch_size": 8, "tensorboard": False,
+              "precision": "fp32", "device": "cpu"},
+    "data": {"val_fraction": 0.1},
+}
+
+
+def test_point_flow_benchmark_tiny(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    summary = run_point_flow_benchmark(
+        tmp_path / "bench", datasets=("multi",), n_train=64, n_test=24, budget_minutes=0.05,
+        configs={"multi": cfg}, device="cpu", speed_batches=(1, 3), attention_points=(64,),
+        classifier="none", steps=2, plots=False)
+    row = summary["datasets"]["multi"]
+    assert 1 <= row["steps"] <= 4  # capped by the config's max_steps
+    assert row["parameters"]["total"] == row["parameters"]["shower"] + row["parameters"]["counts"]
+    assert set(row["evaluation"]) <= {"e-", "gamma", "pi+", "proton"} and row["evaluation"]
+    for ev in row["evaluation"].values():
+        assert ev["auc_high"] is None and ev["separation_mean"] is not None
+    assert [r["batch"] for r in row["speed"]] == [1, 3]
+    assert all(r["ms_per_shower"] > 0 and r["peak_memory_gib"] > 0 for r in row["speed"])
+    assert {r["backend"] for r in summary["attention"]} >= {"full", "dense", "blocked"}
+    on_disk = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    assert on_disk["datasets"]["multi"]["steps"] == row["steps"]
+    buf = io.StringIO()
+    print_point_flow_tables(summary, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "point-flow quality" in text and "sampling speed" in text and "blocked" in text
+
+
+def test_point_flow_benchmark_rejects_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="datasets"):
+        run_point_flow_benchmark(tmp_path, datasets=("ds9",))
+    with pytest.raises(InputError, match="budget"):
+        run_point_flow_benchmark(tmp_path, datasets=("ds2",), budget_minutes=0)
