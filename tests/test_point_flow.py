@@ -239,3 +239,13 @@ def test_cli_train_and_sample(files: dict[str, Path], tmp_path: Path,
     assert cli("sample", str(tmp_path / "run"), "--n", "2", "--format", "par04",
                "--out", str(tmp_path / "h.h5")) == 2
     assert "format" in capsys.readouterr().err
+
+
+def test_generated_energy_outliers_are_clipped(files: dict[str, Path]) -> None:
+    ds = load_point_dataset(files["multi"])
+    pre = Preprocessing.fit_points(ds.points, ds.conditions.energy, geometry=ds.geometry)
+    assert pre.log_energy_max == pytest.approx(np.log(ds.points[:, 3].max() * 2.0), rel=1e-6)
+    feats = np.array([[[0.0, 0.0, 1e4]]])
+    out = pre.inverse(feats, np.zeros((1, 1), int), np.ones((1, 1), bool))
+    assert out[0, 0, 3] == pytest.approx(2.0 * ds.points[:, 3].max(), rel=1e-5)
+    assert Preprocessing.from_dict(pre.to_dict()).log_energy_max == pre.log_energy_max

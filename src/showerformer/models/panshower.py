@@ -132,6 +132,8 @@ class Preprocessing:
         incident_log_mean: mean of log incident energy (log MeV).
         incident_log_std: standard deviation of log incident energy.
         per_layer: whether the statistics were fitted per layer.
+        log_energy_max: largest point ``log E`` (log MeV) the inverse returns (the training
+            maximum plus log 2 when fitted; generated outliers are clipped to it). None: no limit.
     """
 
     mean: np.ndarray
@@ -141,6 +143,7 @@ class Preprocessing:
     incident_log_mean: float = 0.0
     incident_log_std: float = 1.0
     per_layer: bool = True
+    log_energy_max: float | None = None
 
     def __post_init__(self) -> None:
         self.mean = np.asarray(self.mean, dtype=np.float64).reshape(-1, 3)
@@ -239,7 +242,8 @@ class Preprocessing:
         log_e0 = np.log(np.maximum(np.asarray(incident_energy, dtype=np.float64), 1e-12))
         return cls(mean=mean, std=std, layer_z=layer_z, energy_floor=floor,
                    incident_log_mean=float(log_e0.mean()),
-                   incident_log_std=float(max(log_e0.std(), 1e-6)), per_layer=per_layer)
+                   incident_log_std=float(max(log_e0.std(), 1e-6)), per_layer=per_layer,
+                   log_energy_max=float(feats[:, 2].max() + np.log(2.0)))
 
     def transform(self, points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Physical points -> normalized features and layers.
@@ -279,8 +283,13 @@ class Preprocessing:
         mask = _numpy(mask).astype(bool)
         phys = feats * self.std[layer] + self.mean[layer]  # (N, P, 3)
         out = np.stack([phys[..., 0], phys[..., 1], self.layer_z[layer],
-                        np.exp(np.minimum(phys[..., 2], 700.0)), layer.astype(np.float64)], axis=-1)
+                        np.exp(np.minimum(phys[..., 2], self._log_e_cap)),
+                        layer.astype(np.float64)], axis=-1)
         return np.where(mask[..., None], out, 0.0).astype(np.float32)
+
+    @property
+    def _log_e_cap(self) -> float:
+        return 700.0 if self.log_energy_max is None else min(700.0, float(self.log_energy_max))
 
     def transform_incident(self, energy: Any) -> np.ndarray:
         """Incident energy in MeV -> ``(log E - mean) / std``, (N,) float32."""
@@ -297,7 +306,9 @@ class Preprocessing:
         return {"kind": "panshower", "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "layer_z": self.layer_z.tolist(), "energy_floor": float(self.energy_floor),
                 "incident_log_mean": float(self.incident_log_mean),
-                "incident_log_std": float(self.incident_log_std), "per_layer": bool(self.per_layer)}
+                "incident_log_std": float(self.incident_log_std), "per_layer": bool(self.per_layer),
+                "log_energy_max": (None if self.log_energy_max is None
+                                   else float(self.log_energy_max))}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
