@@ -173,6 +173,7 @@ class PointFlow(nn.Module):
         sampler: str = DEFAULT_SAMPLER,
         batch_size: int = 256,
         geometry: Geometry | None = None,
+        max_counts: Any = None,
     ) -> PointShowers:
         """Physical showers (mm, MeV) for the given incident particles.
 
@@ -180,6 +181,7 @@ class PointFlow(nn.Module):
             conditions: incident particles (PDG ids among ``config.particles``).
             preprocessing: the fitted transform of the training data.
             counts: points per layer ``(N, L)``; sampled by the count model when None.
+            max_counts: cap of the points per layer ``(L,)`` applied to the counts (None: none).
             generator: source of randomness, on the model's device.
             steps, sampler: ODE integration of both models.
             batch_size: showers per network call.
@@ -200,6 +202,9 @@ class PointFlow(nn.Module):
             counts = (torch.cat(parts) if parts
                       else torch.zeros(0, self.config.n_layers_calo, dtype=torch.long))
         counts = torch.as_tensor(counts).long()
+        if max_counts is not None:
+            counts = torch.minimum(counts, torch.as_tensor(max_counts, dtype=counts.dtype,
+                                                           device=counts.device))
         # showers of similar size share a batch (little padding); the order is restored after
         order = np.argsort(counts.sum(dim=1).cpu().numpy(), kind="stable")
         out = self.shower.generate(conditions[order], preprocessing,

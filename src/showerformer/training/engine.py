@@ -297,6 +297,19 @@ class TrainConfig:
         """A copy with some settings changed (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def with_overrides(self, *, out_dir: str | os.PathLike[str] | None = None,
+                       max_steps: int | None = None, device: str | None = None) -> TrainConfig:
+        """A copy with the command line's ``--out``, ``--max-steps`` and ``--device`` applied
+        (None leaves a setting as configured)."""
+        changes: dict[str, Any] = {}
+        if out_dir is not None:
+            changes["out_dir"] = str(out_dir)
+        if max_steps is not None:
+            changes["max_steps"] = int(max_steps)
+        if device is not None:
+            changes["device"] = device
+        return self.replace(**changes) if changes else self
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -197,14 +197,7 @@ def train_point_flow(
     from showerformer.models.panshower import Preprocessing
 
     run = load_run_config(config, data_keys=DATA_KEYS)
-    changes: dict[str, Any] = {}
-    if out_dir is not None:
-        changes["out_dir"] = str(out_dir)
-    if max_steps is not None:
-        changes["max_steps"] = int(max_steps)
-    if device is not None:
-        changes["device"] = device
-    train_cfg = run.train.replace(**changes) if changes else run.train
+    train_cfg = run.train.with_overrides(out_dir=out_dir, max_steps=max_steps, device=device)
     d = run.data
     if val_fraction is None and val_data is None:
         val_fraction = float(d.get("val_fraction", _DEFAULT_VAL_FRACTION))
@@ -379,18 +372,6 @@ def generate_showers(
     gen = torch.Generator(device=device).manual_seed(int(seed))
     steps = DEFAULT_STEPS if steps is None else int(steps)
     sampler = DEFAULT_SAMPLER if sampler is None else sampler
-    from showerformer.models.panshower import condition_tensors
-
-    cond = condition_tensors(conditions, preprocessing, model.config.particles, device)
-    counts = []
-    for start in range(0, len(conditions), batch_size):
-        sl = slice(start, start + batch_size)
-        counts.append(model.counts.sample({k: v[sl] for k, v in cond.items()}, generator=gen,
-                                          steps=steps, sampler=sampler))
-    c = torch.cat(counts)
-    limits = meta.get("count_limits")
-    if limits is not None:
-        c = torch.minimum(c, torch.as_tensor(limits, dtype=c.dtype, device=c.device))
     out: list[PointShowers] = []
     chunk = max(batch_size, 1) * 8
     bar = None
@@ -403,9 +384,9 @@ def generate_showers(
     try:
         for start in range(0, len(conditions), chunk):
             sl = slice(start, start + chunk)
-            out.append(model.generate(conditions[sl], preprocessing, counts=c[sl], generator=gen,
+            out.append(model.generate(conditions[sl], preprocessing, generator=gen,
                                       steps=steps, sampler=sampler, batch_size=batch_size,
-                                      geometry=geo))
+                                      geometry=geo, max_counts=meta.get("count_limits")))
             if bar is not None:
                 bar.update(task, completed=min(start + chunk, len(conditions)))
     finally:

@@ -160,14 +160,7 @@ def train_regressor(
         The :class:`~showerformer.training.engine.TrainResult`.
     """
     run = load_run_config(config, data_keys=DATA_KEYS)
-    changes: dict[str, Any] = {}
-    if out_dir is not None:
-        changes["out_dir"] = str(out_dir)
-    if max_steps is not None:
-        changes["max_steps"] = int(max_steps)
-    if device is not None:
-        changes["device"] = device
-    train_cfg = run.train.replace(**changes) if changes else run.train
+    train_cfg = run.train.with_overrides(out_dir=out_dir, max_steps=max_steps, device=device)
     d = run.data
     target_key = str(d.get("target_key", "momentum"))
     target_scale = float(d.get("target_scale", 1e-3))
