@@ -131,8 +131,8 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
                         device: str | None, max_showers: int | None) -> float:
     """Seconds per training step, from a short run of the same config (its log rows).
 
-    The trainer times the optimizer steps only; batch collation adds to the wall time, so a
-    run may take longer than the budget (the summary records the real training time).
+    The trainer's step time includes fetching and collating the batch; validation passes
+    and checkpoints are not counted, so the summary records the real training time too.
     """
     from showerformer.training.point_flow import train_point_flow
 

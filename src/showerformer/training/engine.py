@@ -885,8 +885,8 @@ class Trainer:
                                     generator=torch.Generator().manual_seed(
                                         cfg.seed * 100_003 + self.epoch))
                 model.train()
+                t0 = time.perf_counter()  # a step's time includes fetching its batch
                 for batch in loader:
-                    t0 = time.perf_counter()
                     lr = self.schedule.apply(optimizer, self.step)
                     batch = _to_device(batch, self.device)
                     with self._autocast(dt):
@@ -940,6 +940,7 @@ class Trainer:
                         self.save_checkpoint(best=improved)
                     if last or interrupted or stopped_early:
                         break
+                    t0 = time.perf_counter()  # validation and checkpoints are not steps
                 if interrupted or stopped_early:
                     break
                 if self.batch_in_epoch >= self.batches_per_epoch:
