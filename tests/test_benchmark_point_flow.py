@@ -54,3 +54,28 @@ def test_point_flow_benchmark_rejects_bad_options(tmp_path: Path) -> None:
         run_point_flow_benchmark(tmp_path, datasets=("ds9",))
     with pytest.raises(InputError, match="budget"):
         run_point_flow_benchmark(tmp_path, datasets=("ds2",), budget_minutes=0)
+
+
+def test_batch_shapes_follow_the_trainer_batches() -> None:
+    """The budget probe's cost model sees the trainer's batches: same order, same padding."""
+    import numpy as np
+
+    from showerformer.benchmark.point_flow import _batch_shapes, _step_cost_features
+    from showerformer.training.point_data import BucketBatchSampler
+
+    sizes = np.random.default_rng(3).integers(5, 3000, 100)
+    shapes = _batch_shapes(sizes, 8, 4, 16, seed=2, min_batches=30)
+    assert len(shapes) == 36  # three epochs of 12 batches
+    expected = []
+    for epoch in range(3):
+        for b in BucketBatchSampler(sizes, 8, seed=2, epoch=epoch, bucket_batches=4):
+            expected.append((len(b), -(-int(sizes[b].max()) // 16) * 16))
+    np.testing.assert_array_equal(shapes, np.array(expected, dtype=float))
+    # a step time linear in the regressors is recovered exactly by the probe's fit
+    from scipy.optimize import nnls
+
+    x = _step_cost_features(shapes)
+    coef, _ = nnls(x, x @ np.array([0.05, 0.3, 0.02]))
+    np.testing.assert_allclose(coef, [0.05, 0.3, 0.02], rtol=1e-8)
+    with pytest.raises(InputError, match="batch_size"):
+        _batch_shapes(sizes[:5], 8, 4, 16, seed=2)

@@ -127,25 +127,80 @@ def _simulate(path: Path, dataset: str, n: int, seed: int) -> Path:
     return path
 
 
-def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: int,
-                        device: str | None, max_showers: int | None) -> float:
-    """Seconds per training step, from a short run of the same config (its log rows).
+def _batch_shapes(sizes: np.ndarray, batch_size: int, bucket_batches: int, pad_multiple: int,
+                  seed: int, min_batches: int = 1) -> np.ndarray:
+    """``(showers, padded points)`` of the trainer's batches, in its order: every batch of
+    epoch 0, and of the following epochs until there are ``min_batches``.  # (nb, 2)"""
+    from showerformer.training.point_data import BucketBatchSampler
 
-    The trainer's step time includes fetching and collating the batch; validation passes
-    and checkpoints are not counted, so the summary records the real training time too.
+    pad = max(1, pad_multiple)
+    shapes: list[tuple[int, int]] = []
+    epoch = 0
+    while epoch == 0 or len(shapes) < min_batches:
+        sampler = BucketBatchSampler(sizes, batch_size, seed=seed, epoch=epoch,
+                                     bucket_batches=bucket_batches)
+        batches = sampler.batches()
+        if not batches:
+            raise InputError(f"{len(sizes)} showers", key="batch_size",
+                             expected=f"at least batch_size={batch_size} training showers")
+        shapes += [(len(b), math.ceil(int(sizes[b].max()) / pad) * pad) for b in batches]
+        epoch += 1
+    return np.array(shapes, dtype=np.float64)
+
+
+def _step_cost_features(shapes: np.ndarray) -> np.ndarray:
+    """Regressors of a step's time: a constant, the padded points and their square per shower
+    (the projections and MLPs scale with B*P, the attention within the layer window with
+    about B*P^2).  # (nb, 3)"""
+    b, p = shapes[:, 0], shapes[:, 1]
+    return np.stack([np.ones_like(b), b * p / 1e4, b * p * p / 1e8], axis=1)
+
+
+def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: int,
+                        device: str | None) -> dict[str, float]:
+    """Predicted mean seconds per training step of ``run``, from a short timed run.
+
+    Showers differ in size by orders of magnitude (1 GeV - 1 TeV), so the mean of a few steps
+    says little about an epoch. The probe's step times (which include fetching and collating
+    the batch) are fitted with a non-negative cost model in the batch shape, which is then
+    averaged over every batch of the real run's epoch.
+
+    Returns:
+        ``predicted`` (the model's mean over the real run's batches), ``probe_mean`` (the
+        probe's measured mean), ``probe_steps``.
     """
-    from showerformer.training.point_flow import train_point_flow
+    from scipy.optimize import nnls
+
+    from showerformer.training.data import split_indices
+    from showerformer.training.point_flow import point_flow_datasets, train_point_flow
 
     raw = {k: dict(v) for k, v in run.items()}
     raw["train"].update(max_steps=steps, epochs=None, log_every=1, checkpoint_every=None,
                         tensorboard=False, warmup_steps=0)
     raw["data"]["val_fraction"] = 0.0  # no validation pass in the timing run
-    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False,
-                           max_showers=max_showers)
-    batch = int(raw["train"].get("batch_size", 32))
-    seconds = [batch / r["samples_per_s"] for r in res.history if r.get("samples_per_s")]
-    seconds = seconds[1:] or seconds  # the first step includes one-off costs
-    return float(np.mean(seconds))  # the mean time per step (batch sizes in points vary)
+    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False)
+    t, d = raw["train"], raw["data"]
+    batch, seed = int(t.get("batch_size", 32)), int(t.get("seed", 0))
+    bucket, pad = int(d.get("bucket_batches", 32)), int(d.get("pad_multiple", 1))
+    rows = [r for r in res.history if r.get("samples_per_s")]
+    seconds = np.array([batch / r["samples_per_s"] for r in rows])
+    threshold = None if d.get("threshold") is None else float(d["threshold"])
+    full, _ = point_flow_datasets(data, val_fraction=0.0, seed=seed, threshold=threshold)
+    sizes = full.sizes
+    probe_shapes = _batch_shapes(sizes, batch, bucket, pad, seed, len(seconds))[: len(seconds)]
+    val_fraction = float(run["data"].get("val_fraction") or 0.0)
+    if val_fraction:
+        train_idx, _ = split_indices(len(sizes), val_fraction, seed)
+        sizes = sizes[train_idx]
+    run_shapes = _batch_shapes(sizes, batch, bucket, pad, seed)
+    # the first step includes one-off costs (allocations, thread pools)
+    x, y = _step_cost_features(probe_shapes)[1:], seconds[1:]
+    predicted = float(np.mean(y))
+    if len(y) >= 6:
+        coef, _ = nnls(x, y)
+        if np.any(coef > 0):
+            predicted = float(np.mean(_step_cost_features(run_shapes) @ coef))
+    return {"predicted": predicted, "probe_mean": float(np.mean(y)), "probe_steps": len(seconds)}
 
 
 def _evaluate(reference: Any, generated: Any, out: Path, classifier: str, seed: int,
@@ -239,7 +294,8 @@ def run_point_flow_benchmark(
         train_file = _simulate(out / f"{name}_train.h5", name, n_train, seed)
         test_file = _simulate(out / f"{name}_test.h5", name, n_test, seed + 1)
         say(f"{name}: timing training steps")
-        step_s = _probe_step_seconds(train_file, run, out / f"{name}_probe", 12, device, None)
+        probe = _probe_step_seconds(train_file, run, out / f"{name}_probe", 24, device)
+        step_s = probe["predicted"]
         budget_steps = max(1, int(budget_minutes * 60 / step_s))
         cap = run["train"].get("max_steps")
         total = min(budget_steps, int(cap)) if cap else budget_steps
@@ -263,7 +319,9 @@ def run_point_flow_benchmark(
         gen_s = time.perf_counter() - t0
         row: dict[str, Any] = {
             "config": str(cfg_path), "steps": res.step, "epochs": res.epoch,
-            "train_seconds": train_s, "step_seconds_probe": step_s,
+            "train_seconds": train_s, "step_seconds_predicted": step_s,
+            "step_seconds_probe_mean": probe["probe_mean"],
+            "step_seconds_actual": train_s / max(res.step, 1),
             "best_val_loss": res.best_val_loss, "parameters": params,
             "showers_seen": res.step * int(run["train"].get("batch_size", 32)),
             "generate_seconds": gen_s, "generate_ms_per_shower": 1e3 * gen_s / len(cond),
