@@ -40,6 +40,7 @@ def test_point_flow_benchmark_tiny(tmp_path: Path) -> None:
         assert ev["auc_high"] is None and ev["separation_mean"] is not None
     assert [r["batch"] for r in row["speed"]] == [1, 3]
     assert all(r["ms_per_shower"] > 0 and r["peak_memory_gib"] > 0 for r in row["speed"])
+    assert all(0 < r["baseline_memory_gib"] <= r["peak_memory_gib"] + 1e-6 for r in row["speed"])
     assert {r["backend"] for r in summary["attention"]} >= {"full", "dense", "blocked"}
     on_disk = json.loads((tmp_path / "bench" / "summary.json").read_text())
     assert on_disk["datasets"]["multi"]["steps"] == row["steps"]

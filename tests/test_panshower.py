@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -22,6 +23,7 @@ from showerformer.models.panshower import (
     layers_from_counts,
     make_batch,
     particle_indices,
+    size_chunks,
 )
 from showerformer.nn.layer_window import flex_available
 from showerformer.showers import Conditions, PointShowers
@@ -234,6 +236,44 @@ def test_generate_physical_showers(showers, pre, device: str, dtype: torch.dtype
     np.testing.assert_allclose(real[:, 2], pre.layer_z[real[:, 4].astype(int)], rtol=1e-6)
     with pytest.raises(InputError, match="counts"):
         model.generate(showers.conditions, pre)
+
+
+def test_size_chunks_bound_padding() -> None:
+    rng = np.random.default_rng(0)
+    sizes = np.sort(np.exp(rng.uniform(np.log(100), np.log(6000), 300)).astype(int))
+    for batch, tol in ((100, 0.25), (7, 0.0), (1000, 1.0)):
+        chunks = size_chunks(sizes, batch, tol)
+        assert chunks[0].start == 0 and chunks[-1].stop == len(sizes)
+        assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
+        for sl in chunks:
+            part = sizes[sl]
+            assert 1 <= len(part) <= batch
+            if len(part) > 1:
+                assert len(part) * part.max() <= (1 + tol) * part.sum()
+    # sorted showers fill the calls: 300 sizes spanning 60x need only a few calls
+    assert len(size_chunks(sizes, 100, 0.25)) <= 20
+    # one call for equal sizes; every shower alone when nothing may be padded and all differ
+    assert size_chunks(np.full(10, 50), 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert len(size_chunks(np.arange(1, 6), 10, 0.0)) == 5
+    assert size_chunks(np.zeros(0, int), 4) == []
+    with pytest.raises(InputError, match="batch_size"):
+        size_chunks(sizes, 0)
+
+
+def test_generate_chunks_by_size(showers, pre, device: str, dtype: torch.dtype) -> None:
+    """Size-limited calls return the same counts per layer as one big call."""
+    model = small_model(device, dtype)
+    counts = make_batch(showers, pre)["counts"].numpy()
+    kw = {"counts": counts, "steps": 2, "batch_size": 100}
+    one = model.generate(showers.conditions, pre, max_padding=1e9, **kw,
+                         generator=torch.Generator(device=device).manual_seed(0))
+    many = model.generate(showers.conditions, pre, max_padding=0.0, **kw,
+                          generator=torch.Generator(device=device).manual_seed(0))
+    for gen in (one, many):
+        for i in range(len(gen)):
+            layers = gen.points[i][gen.mask[i]][:, 4].astype(int)
+            np.testing.assert_array_equal(
+                np.bincount(layers, minlength=counts.shape[1]), counts[i])
 
 
 def test_save_load_round_trip(showers, pre, device: str, dtype: torch.dtype) -> None:

@@ -46,14 +46,19 @@ def _peak_rss_reset() -> bool:
         return False
 
 
-def _peak_rss_gib() -> float:
+def _proc_status_gib(key: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024**2
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return None
+
+
+def _peak_rss_gib() -> float:
+    peak = _proc_status_gib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def measure_sampling(
@@ -83,7 +88,9 @@ def measure_sampling(
 
     Returns:
         Rows with ``batch``, ``chunk``, ``ms_per_shower``, ``peak_memory_gib`` (CUDA allocator
-        peak on GPUs, process peak RSS on CPUs), ``memory_kind``, ``mean_points``.
+        peak on GPUs, process peak RSS on CPUs), ``baseline_memory_gib`` (the same measure just
+        before the request: the request needed the difference), ``memory_kind``,
+        ``mean_points``.
     """
     from showerformer.training.point_flow import generate_showers
 
@@ -101,6 +108,9 @@ def measure_sampling(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         reset = _peak_rss_reset()
+        # the process's memory before the request (data and freed-but-kept training memory)
+        baseline = (torch.cuda.memory_allocated() / 1024**3 if device.type == "cuda"
+                    else _proc_status_gib("VmRSS"))
         reps = repeats_at_1 if b == 1 else 1
         t0 = time.perf_counter()
         for r in range(reps):
@@ -115,6 +125,7 @@ def measure_sampling(
         seconds = (time.perf_counter() - t0) / reps
         rows.append({"batch": int(b), "chunk": int(chunk), "ms_per_shower": 1e3 * seconds / b,
                      "peak_memory_gib": peak, "memory_kind": kind,
+                     "baseline_memory_gib": baseline,
                      "mean_points": float(showers.n_points.mean()), "device": str(device)})
     return rows
 

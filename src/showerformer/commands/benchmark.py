@@ -135,13 +135,14 @@ def print_point_flow_tables(summary: dict[str, Any], console: Any = None) -> Non
     speed = Table(title="sampling speed (count model + shower model, midpoint 16 steps unless "
                         "set)", title_justify="left")
     for col in ("dataset", "batch", "chunk", "ms/shower", "points/shower", "peak memory GiB",
-                "memory", "device"):
+                "before GiB", "memory", "device"):
         speed.add_column(col, justify="left" if col in ("dataset", "memory", "device")
                          else "right")
     for name, d in summary["datasets"].items():
         for r in d.get("speed", []):
             speed.add_row(name, f"{r['batch']:,}", f"{r['chunk']:,}", _f(r["ms_per_shower"]),
-                          _f(r["mean_points"], 4), _f(r["peak_memory_gib"]), r["memory_kind"],
+                          _f(r["mean_points"], 4), _f(r["peak_memory_gib"]),
+                          _f(r.get("baseline_memory_gib")), r["memory_kind"],
                           r["device"])
     console.print(speed)
     if summary.get("attention"):

@@ -184,7 +184,8 @@ class PointFlow(nn.Module):
             max_counts: cap of the points per layer ``(L,)`` applied to the counts (None: none).
             generator: source of randomness, on the model's device.
             steps, sampler: ODE integration of both models.
-            batch_size: showers per network call.
+            batch_size: showers per network call, at most (calls hold showers of similar
+                size: see :func:`~showerformer.models.panshower.size_chunks`).
             geometry: attached to the returned showers.
 
         Returns:
