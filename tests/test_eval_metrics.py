@@ -226,3 +226,23 @@ def test_fpd_kpd_bad_input_and_formatting():
 def test_high_level_feature_matrix_dimension():
     fs = compute_features(_random("ds2", 4, seed=0))
     assert high_level_feature_matrix(fs).shape == (4, 362)
+
+
+def test_high_level_names_and_scale_outliers():
+    from showerformer.evaluation.features import high_level_names
+    from showerformer.evaluation.metrics import scale_outliers
+
+    fs = compute_features(_random("ds2", 6, seed=1))
+    names = high_level_names(fs)
+    mat = high_level_feature_matrix(fs)
+    assert len(names) == mat.shape[1] == len(set(names))
+    assert names[0] == "log10(E_inc)" and names[-1].startswith("width_r_")
+    np.testing.assert_allclose(mat[:, 0], np.log10(fs.incident_energy))
+    # a column the reference fills with round-off only is named; the others are not
+    real, gen = mat.copy(), mat.copy()
+    real[:, 5] = 0.0
+    real[0, 5] = 1e-9
+    gen[:, 5] = 0.5
+    out = scale_outliers(real, gen, names)
+    assert len(out) == 1 and names[5] in out[0] and "5e+08" in out[0]
+    assert scale_outliers(mat, mat, names) == []

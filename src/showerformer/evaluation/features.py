@@ -66,6 +66,7 @@ __all__ = [
     "default_threshold",
     "ds1_energy_bins",
     "high_level_matrix",
+    "high_level_names",
     "histogram_names",
     "official_binning",
     "voxel_grid_edges",
@@ -797,6 +798,18 @@ def high_level_matrix(fs: FeatureSet) -> np.ndarray:
     cols += [f[f"EC_r_{lid}"] / 1e2 for lid in lay.layers]
     cols += [f[f"width_r_{lid}"] / 1e2 for lid in lay.layers]
     return np.stack(cols, axis=1)
+
+
+def high_level_names(fs: FeatureSet) -> list[str]:
+    """Names of the columns of :func:`high_level_matrix`, in its order."""
+    lay = _layout(fs.geometry)
+    names = ["log10(E_inc)"] + [f"log10(E_layer_{lid})" for lid in lay.layers]
+    for stem in ("EC_eta", "EC_phi", "width_eta", "width_phi"):
+        names += [f"{stem}_{lid}" for lid in lay.alpha_layers]
+    names.append("log10(E_tot)")
+    names += [f"sparsity_{lid}" for lid in lay.layers]
+    names += [f"EC_r_{lid}" for lid in lay.layers] + [f"width_r_{lid}" for lid in lay.layers]
+    return names
 
 
 def classifier_inputs(

@@ -558,6 +558,11 @@ def evaluate_files(
         result["kpd"] = _distance(M.kpd, real_hl, gen_hl, kpd_opts)
         for key in ("fpd", "kpd"):
             warnings_ += [f"{key.upper()}: {w}" for w in result[key].get("warnings", [])]
+        outliers = M.scale_outliers(real_hl, gen_hl, F.high_level_names(ref_fs))
+        warnings_ += [f"FPD/KPD: {w}" for w in outliers[:3]]
+        if len(outliers) > 3:
+            warnings_.append(f"FPD/KPD: {len(outliers) - 3} more features beyond 1000x the "
+                             "reference maximum")
     else:
         result["fpd"] = result["kpd"] = {"skipped": "not requested"}
     timing["fpd_kpd"] = time.perf_counter() - t
