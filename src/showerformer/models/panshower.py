@@ -801,9 +801,8 @@ def size_chunks(sizes: np.ndarray, batch_size: int, max_padding: float = 0.25) -
     """Cut showers, in their order, into network calls of at most ``batch_size`` showers whose
     padded points (showers x the largest) exceed their real points by at most ``max_padding``.
 
-    A request of 100 showers from 1 GeV to 1 TeV padded to its largest shower would compute
-    about three times the points it returns; sorted by size, it costs little more than its
-    points.
+    Shower sizes from 1 GeV to 1 TeV differ a hundredfold, so a request padded to its largest
+    shower computes mostly padding; sorted by size, it costs little more than its points.
     """
     if batch_size < 1 or not max_padding >= 0:
         raise InputError(f"batch_size={batch_size}, max_padding={max_padding}",
