@@ -54,7 +54,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from showerformer.nn.attention import SelfAttention
 
 __all__ = [
     "BACKENDS",
@@ -462,10 +464,10 @@ def sort_by_layer(layer: Tensor, valid: Tensor) -> Tensor:
     return torch.sort(key, dim=1, stable=True).indices  # (B, P)
 
 
-class LayerWindowSelfAttention(nn.Module):
+class LayerWindowSelfAttention(SelfAttention):
     """Multi-head self-attention over points, masked by a layer-window mask.
 
-    Same parameters as :class:`showerformer.nn.attention.SelfAttention` (bias-free ``qkv`` and
+    The parameters of :class:`showerformer.nn.attention.SelfAttention` (bias-free ``qkv`` and
     ``proj``, ``4 d^2``); the mask comes from :func:`layer_window_mask`.
 
     Arguments:
@@ -473,15 +475,7 @@ class LayerWindowSelfAttention(nn.Module):
         n_heads: heads; ``d`` must be divisible by it.
     """
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.proj = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(self, x: Tensor, mask: Any) -> Tensor:
+    def forward(self, x: Tensor, mask: Any) -> Tensor:  # type: ignore[override]
         """Arguments: points ``x`` (B, P, C) and a mask from :func:`layer_window_mask`.
         Returns ``(B, P, C)``."""
         b, p, c = x.shape
