@@ -1,4 +1,4 @@
-"""Training commands: ``showerformer train regressor`` and ``showerformer predict``."""
+"""Training and inference commands: ``train regressor``, ``train point-flow``, ``predict``, ``sample``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from typing import Annotated, Any
 import typer
 
 __all__ = ["point_flow", "predict", "regressor", "sample", "train_app"]
+
+
+def _report(result: Any) -> None:
+    """One line on a finished run (rank 0 only under torchrun: the others have no checkpoint)."""
+    if result.checkpoint is not None:
+        best = "-" if result.best_val_loss is None else f"{result.best_val_loss:.5g}"
+        how = "early stopping" if result.stopped_early else "done"
+        typer.echo(f"{how}: {result.step} steps, {result.epoch} epochs, best validation loss "
+                   f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
 
 
 def regressor(
@@ -47,11 +56,7 @@ def regressor(
     result = train_regressor(data, config, out, val_data=val_data, val_fraction=val_fraction,
                              resume=resume, max_steps=max_steps, device=device,
                              progress=progress)
-    if result.checkpoint is not None:  # rank 0 only under torchrun
-        best = ("-" if result.best_val_loss is None else f"{result.best_val_loss:.5g}")
-        how = ("early stopping" if result.stopped_early else "done")
-        typer.echo(f"{how}: {result.step} steps, {result.epoch} epochs, best validation loss "
-                   f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
+    _report(result)
 
 
 def point_flow(
@@ -105,11 +110,7 @@ def point_flow(
     result = train_point_flow(data, cfg, out, val_data=val_data, val_fraction=val_fraction,
                               resume=resume, max_steps=max_steps, max_showers=max_showers,
                               device=device, progress=progress)
-    if result.checkpoint is not None:
-        best = "-" if result.best_val_loss is None else f"{result.best_val_loss:.5g}"
-        how = "early stopping" if result.stopped_early else "done"
-        typer.echo(f"{how}: {result.step} steps, {result.epoch} epochs, best validation loss "
-                   f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
+    _report(result)
 
 
 def sample(
