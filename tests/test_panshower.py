@@ -258,6 +258,8 @@ def test_size_chunks_bound_padding() -> None:
     assert size_chunks(np.zeros(0, int), 4) == []
     with pytest.raises(InputError, match="batch_size"):
         size_chunks(sizes, 0)
+    with pytest.raises(InputError, match="max_padding"):
+        size_chunks(sizes, 4, -0.5)
 
 
 def test_generate_chunks_by_size(showers, pre, device: str, dtype: torch.dtype) -> None:

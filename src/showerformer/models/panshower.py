@@ -804,9 +804,12 @@ def size_chunks(sizes: np.ndarray, batch_size: int, max_padding: float = 0.25) -
     Shower sizes from 1 GeV to 1 TeV differ a hundredfold, so a request padded to its largest
     shower computes mostly padding; sorted by size, it costs little more than its points.
     """
-    if batch_size < 1 or not max_padding >= 0:
-        raise InputError(f"batch_size={batch_size}, max_padding={max_padding}",
-                         key="batch_size", expected="a positive batch size, max_padding >= 0")
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size}", key="batch_size",
+                         expected="a positive number of showers")
+    if not max_padding >= 0:
+        raise InputError(f"max_padding={max_padding}", key="max_padding",
+                         expected="a non-negative share of the points")
     sizes = np.maximum(np.asarray(sizes, dtype=np.int64).reshape(-1), 1)
     chunks: list[slice] = []
     start, total, largest = 0, 0, 0
