@@ -54,6 +54,20 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
+    def evaluate(reference: Path, generated: Path, out_dir: Path, kinds: tuple[str, ...],
+                 title: str) -> None:
+        """CaloChallenge metrics of two ds2 files, printed as the headline table."""
+        with console.status("evaluating") as status:
+            metrics = evaluate_files(reference, generated, geometry="ds2", out_dir=out_dir,
+                                     classifier="cpu", n_repeats=1, seed=seed, kinds=kinds,
+                                     progress=lambda msg: status.update(f"evaluating: {msg}"))
+        table = Table(title=title, title_justify="left")
+        table.add_column("metric", style="bold")
+        table.add_column("value")
+        for name, value in headline_rows(metrics):
+            table.add_row(name, value)
+        console.print(table)
+
     def step(text: str) -> None:
         console.rule(f"[bold]{text}[/] [dim]({time.perf_counter() - t0:.0f} s)[/]")
 
@@ -75,17 +89,9 @@ def demo(
     console.print(f"point cloud written to {points_path}; round trip exact per cell: {exact}")
 
     step("4. evaluate: second simulated sample vs reference (CaloChallenge metrics)")
-    with console.status("evaluating") as status:
-        metrics = evaluate_files(reference, sample, geometry="ds2", out_dir=out / "evaluation",
-                                 classifier="cpu", n_repeats=1, seed=seed,
-                                 progress=lambda msg: status.update(f"evaluating: {msg}"))
-    table = Table(title="second simulated sample vs reference (expected: AUC near 0.5, "
-                  "separation powers and FPD/KPD near 0)", title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value")
-    for name, value in headline_rows(metrics):
-        table.add_row(name, value)
-    console.print(table)
+    evaluate(reference, sample, out / "evaluation", ("low", "low_normed", "high"),
+             "second simulated sample vs reference (expected: AUC near 0.5, separation powers "
+             "and FPD/KPD near 0)")
     console.print(f"report: {out / 'evaluation' / 'report.html'}")
 
     step("5. regression: baselines vs a small ParticleCNNTransformer (32^3 protons, p 1-20 GeV)")
@@ -119,18 +125,9 @@ def demo(
     write_showers(out / "flow_generated.h5", generated)
     console.print(f"generated {len(generated):,} showers in {ms:.1f} ms/shower "
                   f"({model.n_parameters()['total']:,} parameters, {run.step} training steps)")
-    with console.status("evaluating") as status:
-        metrics = evaluate_files(flow_test, out / "flow_generated.h5", geometry="ds2",
-                                 out_dir=out / "flow_evaluation", classifier="cpu", n_repeats=1,
-                                 seed=seed, kinds=("high",),
-                                 progress=lambda msg: status.update(f"evaluating: {msg}"))
-    table = Table(title="generated vs held-out simulated showers (a few CPU minutes of "
-                  "training: far from converged; AUC 0.5 would be perfect)", title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value")
-    for name, value in headline_rows(metrics):
-        table.add_row(name, value)
-    console.print(table)
+    evaluate(flow_test, out / "flow_generated.h5", out / "flow_evaluation", ("high",),
+             "generated vs held-out simulated showers (a few CPU minutes of training: far from "
+             "converged; AUC 0.5 would be perfect)")
     console.print(f"report: {out / 'flow_evaluation' / 'report.html'}; "
                   "'showerformer benchmark point-flow' trains longer")
     step(f"done: everything is in {out}/")
