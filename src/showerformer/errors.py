@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["InputError", "MissingDependencyError", "ShowerformerError"]
+__all__ = ["InputError", "MissingDependencyError", "OutputError", "ShowerformerError"]
 
 
 class ShowerformerError(Exception):
@@ -43,6 +43,38 @@ class InputError(ShowerformerError, ValueError):
         if expected is not None:
             msg += f" (expected {expected})"
         super().__init__(msg)
+
+
+class OutputError(ShowerformerError, OSError):
+    """An output path that cannot be written: wrong kind, not writable, no room on the disk.
+
+    Arguments:
+        what: the problem, e.g. ``"is a directory"``.
+        path: the output path.
+        option: the command-line option or argument that named it, e.g. ``"--out"``.
+        expected: what a valid output path looks like.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        option: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        self.what = what
+        self.path = None if path is None else os.fspath(path)
+        self.option = option
+        self.expected = expected
+        head = " ".join(x for x in (option, self.path) if x)
+        msg = f"{head}: {what}" if head else what
+        if expected is not None:
+            msg += f" (expected {expected})"
+        Exception.__init__(self, msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class MissingDependencyError(ShowerformerError, ImportError):
