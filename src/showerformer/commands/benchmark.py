@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["benchmark_app", "point_flow", "print_point_flow_tables", "print_regression_table",
-           "regression"]
+__all__ = ["benchmark_app", "point_flow", "point_flow_tables", "print_point_flow_tables",
+           "print_regression_table", "regression", "regression_tables"]
 
 benchmark_app = typer.Typer(help="End-to-end benchmarks on the built-in simulator.",
                             no_args_is_help=True)
@@ -28,44 +28,49 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1e-2 else f"{v:.{digits}f}"
 
 
-def print_regression_table(summary: dict[str, Any], console: Any = None) -> None:
-    """Print the benchmark's two tables: overall metrics and per-bin RMSE / MAPE."""
-    from rich.console import Console
-    from rich.table import Table
+def regression_tables(summary: dict[str, Any]) -> list[Any]:
+    """The benchmark's two tables as :class:`~showerformer.commands.tables.ResultTable`:
+    overall metrics (with how each network was trained) and per-bin RMSE / MAPE."""
+    from showerformer.commands.tables import ResultTable
 
-    console = console or Console()
     ref = summary["seed_reference"]
-    table = Table(title=f"momentum regression, {summary['dataset']}: {summary['n_train']:,} "
-                        f"training / {summary['n_test']:,} test events (GeV)",
-                  title_justify="left")
-    for col in ("method", "MAE", "RMSE", "sigma68", "MAPE %", "a (stoch.)", "b (const.)",
-                "c (noise)", "train ev/s", "infer ev/s", "params"):
-        table.add_column(col, style="bold" if col == "method" else None,
-                         justify="left" if col == "method" else "right")
+    table = ResultTable(
+        f"momentum regression, {summary['dataset']}: {summary['n_train']:,} training / "
+        f"{summary['n_test']:,} test events (GeV)",
+        ["method", "MAE", "RMSE", "sigma68", "MAPE %", "a (stoch.)", "b (const.)", "c (noise)",
+         "train ev/s", "infer ev/s", "params"], left=frozenset({"method"}))
     for r in summary["rows"]:
         table.add_row(r["method"], _f(r["mae"]), _f(r["rmse"]), _f(r["sigma68"]),
                       _f(r["mape"], 1), _f(r["a"]), _f(r["b"]), _f(r["c"]),
                       _f(r["train_events_per_s"], 1), _f(r["infer_events_per_s"], 1),
                       f"{r['parameters']:,}" if r.get("parameters") else "-")
     table.add_row("seed 000 (its own detector)", _f(ref["mae"]), _f(ref["rmse"]),
-                  *(["-"] * 8), style="dim")
-    console.print(table)
-    first = summary["rows"][0]["bins"]
-    per_bin = Table(title="RMSE [GeV] / MAPE [%] per true-momentum bin", title_justify="left")
-    per_bin.add_column("p bin centre", justify="right")
+                  *(["-"] * 8), dim=True)
     for r in summary["rows"]:
-        per_bin.add_column(r["method"], justify="right")
+        if r.get("steps") is not None:
+            table.notes.append(
+                f"{r['method']}: {r['steps']:,} steps, {r['epochs']} epochs, "
+                f"{r['events_seen'] or 0:,} events seen in {r['train_seconds']:.0f} s on "
+                f"{r.get('device')}")
+    first = summary["rows"][0]["bins"]
+    per_bin = ResultTable("RMSE [GeV] / MAPE [%] per true-momentum bin",
+                          ["p bin centre", *(r["method"] for r in summary["rows"])])
     for i, centre in enumerate(first["center"]):
         per_bin.add_row(f"{centre:.1f}", *(f"{_f(r['bins']['rmse'][i])} / "
                                            f"{_f(r['bins']['mape'][i], 1)}"
                                            for r in summary["rows"]))
-    console.print(per_bin)
-    for r in summary["rows"]:
-        if r.get("steps") is not None:
-            console.print(f"{r['method']}: {r['steps']:,} steps, {r['epochs']} epochs, "
-                          f"{r['events_seen'] or 0:,} events seen in {r['train_seconds']:.0f} s "
-                          f"on {r.get('device')}", highlight=False)
-    console.print(f"report: {summary['report']}", highlight=False)
+    per_bin.notes.append(f"report: {summary['report']}")
+    return [table, per_bin]
+
+
+def print_regression_table(summary: dict[str, Any], console: Any = None) -> list[Any]:
+    """Print the benchmark's two tables (rich on a terminal, Markdown in a log); returns them."""
+    from showerformer.commands.tables import show_table
+
+    tables = regression_tables(summary)
+    for t in tables:
+        show_table(t, console)
+    return tables
 
 
 @benchmark_app.command()
@@ -109,46 +114,58 @@ def regression(
     print_regression_table(summary, console)
 
 
-def print_point_flow_tables(summary: dict[str, Any], console: Any = None) -> None:
-    """Print the point-flow benchmark: quality per dataset and particle, speed, attention cost."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
+def point_flow_tables(summary: dict[str, Any]) -> list[Any]:
+    """The point-flow benchmark's tables: quality per dataset and particle, sampling speed, and
+    the attention cost (a text block) when measured."""
+    from showerformer.commands.tables import ResultTable
 
     def pm(row: dict[str, Any], key: str) -> str:
         v, e = row.get(key), row.get(f"{key}_err")
         return _f(v) if e is None or v is None else f"{_f(v)} ± {_f(e)}"
 
-    q = Table(title=f"point-flow quality vs held-out simulator showers ({summary['n_test']:,} "
-                    "each; AUC 0.5 = indistinguishable)", title_justify="left")
-    for col in ("dataset", "particle", "AUC low", "AUC low normed", "AUC high", "FPD x1e3",
-                "KPD x1e3", "mean sep. power", "steps", "train min", "params"):
-        q.add_column(col, justify="left" if col in ("dataset", "particle") else "right")
+    q = ResultTable(f"point-flow quality vs held-out simulator showers ({summary['n_test']:,} "
+                    "each; AUC 0.5 = indistinguishable)",
+                    ["dataset", "particle", "AUC low", "AUC low normed", "AUC high", "FPD x1e3",
+                     "KPD x1e3", "mean sep. power", "steps", "train min", "params"],
+                    left=frozenset({"dataset", "particle"}))
     for name, d in summary["datasets"].items():
         for particle, ev in d["evaluation"].items():
             q.add_row(name, particle, pm(ev, "auc_low"), pm(ev, "auc_low_normed"),
                       pm(ev, "auc_high"), pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"),
                       _f(ev.get("separation_mean")), f"{d['steps']:,}",
                       f"{d['train_seconds'] / 60:.1f}", f"{d['parameters']['total']:,}")
-    console.print(q)
-    speed = Table(title="sampling speed (count model + shower model, midpoint 16 steps unless "
-                        "set)", title_justify="left")
-    for col in ("dataset", "batch", "chunk", "ms/shower", "points/shower", "peak memory GiB",
-                "before GiB", "memory", "device"):
-        speed.add_column(col, justify="left" if col in ("dataset", "memory", "device")
-                         else "right")
+    speed = ResultTable("sampling speed (count model + shower model, midpoint 16 steps unless "
+                        "set)",
+                        ["dataset", "batch", "chunk", "ms/shower", "points/shower",
+                         "peak memory GiB", "before GiB", "memory", "device"],
+                        left=frozenset({"dataset", "memory", "device"}))
     for name, d in summary["datasets"].items():
         for r in d.get("speed", []):
             speed.add_row(name, f"{r['batch']:,}", f"{r['chunk']:,}", _f(r["ms_per_shower"]),
                           _f(r["mean_points"], 4), _f(r["peak_memory_gib"]),
-                          _f(r.get("baseline_memory_gib")), r["memory_kind"],
-                          r["device"])
-    console.print(speed)
+                          _f(r.get("baseline_memory_gib")), r["memory_kind"], r["device"])
+    out: list[Any] = [q, speed]
     if summary.get("attention"):
         from showerformer.benchmark.attention import format_attention_table
 
-        console.print(format_attention_table(summary["attention"]), highlight=False)
+        out.append(format_attention_table(summary["attention"]))
+    return out
+
+
+def print_point_flow_tables(summary: dict[str, Any], console: Any = None) -> list[Any]:
+    """Print the point-flow benchmark's tables (rich on a terminal, Markdown in a log)."""
+    from rich.console import Console
+
+    from showerformer.commands.tables import ResultTable, show_table
+
+    console = console or Console()
+    tables = point_flow_tables(summary)
+    for t in tables:
+        if isinstance(t, ResultTable):
+            show_table(t, console)
+        else:
+            console.print(t, highlight=False, markup=False, soft_wrap=True)
+    return tables
 
 
 @benchmark_app.command("point-flow")

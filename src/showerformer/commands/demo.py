@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,12 +40,12 @@ def demo(
     the incident energies of held-out ones and evaluate them like step 4.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from showerformer.benchmark import run_regression_benchmark
     from showerformer.commands.benchmark import print_regression_table
     from showerformer.commands.evaluate import headline_rows
     from showerformer.commands.files import info
+    from showerformer.commands.tables import ResultTable, show_table, write_summary
     from showerformer.evaluation.pipeline import evaluate_files
     from showerformer.io import read_showers, write_showers
     from showerformer.simulation import simulate_to_file
@@ -54,6 +54,13 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
+    sections: list[tuple[str, list[Any]]] = []
+
+    def record(*items: Any) -> None:
+        """Keep tables and lines for summary.md (rewritten after every step)."""
+        sections[-1][1].extend(items)
+        write_summary(out / "summary.md", "showerformer demo", sections)
+
     def evaluate(reference: Path, generated: Path, out_dir: Path, kinds: tuple[str, ...],
                  title: str) -> None:
         """CaloChallenge metrics of two ds2 files, printed as the headline table."""
@@ -61,15 +68,22 @@ def demo(
             metrics = evaluate_files(reference, generated, geometry="ds2", out_dir=out_dir,
                                      classifier="cpu", n_repeats=1, seed=seed, kinds=kinds,
                                      progress=lambda msg: status.update(f"evaluating: {msg}"))
-        table = Table(title=title, title_justify="left")
-        table.add_column("metric", style="bold")
-        table.add_column("value")
+        table = ResultTable(title, ["metric", "value"], left=frozenset({"metric", "value"}))
         for name, value in headline_rows(metrics):
             table.add_row(name, value)
-        console.print(table)
+        table.notes.append(f"report: {out_dir / 'report.html'}")
+        show_table(table, console)
+        record(table)
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+        record(line)
 
     def step(text: str) -> None:
-        console.rule(f"[bold]{text}[/] [dim]({time.perf_counter() - t0:.0f} s)[/]")
+        elapsed = f"{time.perf_counter() - t0:.0f} s"
+        console.rule(f"[bold]{text}[/] [dim]({elapsed})[/]")
+        sections.append((text, [f"_started after {elapsed}_"]))
+        write_summary(out / "summary.md", "showerformer demo", sections)
 
     step("1. simulate ds2-like electrons, 1 GeV - 1 TeV (built-in simulator)")
     reference = out / "ds2_reference.h5"
@@ -86,22 +100,21 @@ def demo(
     write_showers(points_path, voxels.to_points(dequantize=True, rng=seed), format="pointcloud")
     back = read_showers(points_path, geometry="ds2").to_voxels()
     exact = bool((back.energies == voxels.energies).all())
-    console.print(f"point cloud written to {points_path}; round trip exact per cell: {exact}")
+    say(f"point cloud written to {points_path}; round trip exact per cell: {exact}")
 
     step("4. evaluate: second simulated sample vs reference (CaloChallenge metrics)")
     evaluate(reference, sample, out / "evaluation", ("low", "low_normed", "high"),
              "second simulated sample vs reference (expected: AUC near 0.5, separation powers "
              "and FPD/KPD near 0)")
-    console.print(f"report: {out / 'evaluation' / 'report.html'}")
 
     step("5. regression: baselines vs a small ParticleCNNTransformer (32^3 protons, p 1-20 GeV)")
     summary = run_regression_benchmark(
         out / "regression", dataset="sandwich32", n_train=n_regression, n_test=1000,
         seed=seed, config="regressor_32_cpu", max_steps=regression_steps, device="cpu",
         say=lambda msg: console.print(f"[dim]{msg}[/]"))
-    print_regression_table(summary, console)
-    console.print("[dim]The network trained for a few CPU minutes only; "
-                  "'showerformer benchmark regression' runs the full comparison.[/]")
+    record(*print_regression_table(summary, console))
+    say("The network trained for a few CPU minutes only; 'showerformer benchmark regression' "
+        "runs the full comparison.")
     step("6. generate: a small PanShower + PointCountFM on ds2-like electrons, 1-5 GeV")
     from showerformer.benchmark.regression import default_config_path
     from showerformer.training.point_flow import (
@@ -123,11 +136,11 @@ def demo(
                                  progress=True).to_voxels()
     ms = 1e3 * (time.perf_counter() - t1) / len(held_out)
     write_showers(out / "flow_generated.h5", generated)
-    console.print(f"generated {len(generated):,} showers in {ms:.1f} ms/shower "
-                  f"({model.n_parameters()['total']:,} parameters, {run.step} training steps)")
+    say(f"generated {len(generated):,} showers in {ms:.1f} ms/shower "
+        f"({model.n_parameters()['total']:,} parameters, {run.step} training steps)")
     evaluate(flow_test, out / "flow_generated.h5", out / "flow_evaluation", ("high",),
              "generated vs held-out simulated showers (a few CPU minutes of training: far from "
              "converged; AUC 0.5 would be perfect)")
-    console.print(f"report: {out / 'flow_evaluation' / 'report.html'}; "
-                  "'showerformer benchmark point-flow' trains longer")
+    say("'showerformer benchmark point-flow' trains longer")
     step(f"done: everything is in {out}/")
+    say(f"summary of the tables: {out / 'summary.md'}")
