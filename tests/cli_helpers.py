@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from showerformer.cli import main
@@ -67,3 +69,27 @@ def assert_one_line_error(res: Result, *fragments: str, code: int = 2) -> str:
     for frag in fragments:
         assert frag.lower() in line.lower(), (frag, line)
     return line
+
+
+def write_zero_shower_file(path: Path, fmt: str) -> Path:
+    """A file of format ``fmt`` (calochallenge, par04, pointcloud, sparse-voxels) with every
+    dataset present but no shower."""
+    with h5py.File(path, "w") as f:
+        if fmt == "calochallenge":
+            f["incident_energies"] = np.zeros((0, 1))
+            f["showers"] = np.zeros((0, 6480), np.float32)
+        elif fmt == "par04":
+            f["incident_energy"] = np.zeros(0)
+            f["showers"] = np.zeros((0, 18, 50, 45), np.float32)
+        elif fmt == "pointcloud":
+            f["events"] = np.zeros((0, 10, 4), np.float32)
+            f["energy"] = np.zeros((0, 1), np.float32)
+        else:
+            f.attrs["format"] = "sparse-voxels"
+            f.attrs["geometry_json"] = ('{"kind": "cartesian", "shape": [4, 4, 4], '
+                                        '"cell_size": [1, 1, 1]}')
+            f["offsets"] = np.zeros(1, np.int64)
+            f["cell"] = np.zeros(0, np.int32)
+            f["energy"] = np.zeros(0, np.float32)
+            f["incident_energies"] = np.zeros((0, 1))
+    return path

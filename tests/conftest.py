@@ -38,3 +38,14 @@ def shared_dir() -> Path:
         pytest.skip(f"{SHARED} is absent: the reference files (binning XMLs, Geant4 samples) "
                     "live outside the repository")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (small models run faster and reproducibly)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

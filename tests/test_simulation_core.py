@@ -227,3 +227,13 @@ def test_ds1_energies_are_exact_powers_of_two():
     e = Simulator("ds1-photons", seed=0).block(0).conditions.energy  # MeV
     assert np.array_equal(np.log2(e), np.round(np.log2(e)))
     assert set(np.unique(e)) <= {2.0**k for k in range(8, 23)}
+
+
+@pytest.mark.parametrize(("dataset", "n"), [("ds2", 512), ("sandwich32", 512), ("multi", 64)])
+def test_estimate_file_bytes_matches_the_file(tmp_path, dataset, n):
+    """The size estimate of simulate_to_file (gzip of the writers' arrays for the first block)
+    is close to the file written: one writer per output kind (voxels, hit lists, points)."""
+    path = tmp_path / "out.h5"
+    summary = simulate_to_file(path, dataset, n=n, seed=5, progress=False)
+    ratio = summary["estimated_bytes"] / path.stat().st_size
+    assert 0.8 < ratio < 1.25, ratio

@@ -14,6 +14,11 @@ DATASET_NAMES = ("ds2", "ds3", "ds1-photons", "ds1-pions", "par04", "sandwich64"
                  "multi", "ild-photons")
 """The presets of :data:`showerformer.simulation.DATASETS` (kept here so --help stays light)."""
 
+_OPTIONS = {"n": "--n", "seed": "--seed", "shard": "--shard", "chunk_size": "--chunk-size",
+            "particle": "--particle", "energy": "--energy", "spectrum": "--spectrum",
+            "theta": "--theta", "dataset": "DATASET"}
+"""The command-line option behind each key of the simulator's option errors."""
+
 
 def simulate(
     dataset: Annotated[str, typer.Argument(
@@ -49,21 +54,36 @@ def simulate(
         help="Showers per write (default: one simulation block).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show a progress bar.")] = True,
+    skip_space_check: Annotated[bool, typer.Option(
+        "--skip-space-check",
+        help="Write even when the estimated file (measured on the first simulated block) is "
+             "larger than the free space on the disk.")] = False,
 ) -> None:
-    """Simulate showers with the built-in parametrized simulator and write them to HDF5."""
+    """Simulate showers with the built-in parametrized simulator and write them to HDF5.
+
+    Every option and the output path are checked first; then the first block is simulated to
+    estimate the file's size, and the run is refused if the disk cannot hold it. Ctrl-C
+    (exit status 130) or SIGTERM (143) stops the run and leaves an earlier file unchanged.
+    """
     from showerformer.errors import InputError
     from showerformer.simulation import DATASETS, parse_shard, simulate_to_file
 
     if dataset not in DATASETS:
         raise InputError(f"unknown dataset {dataset!r}", key="DATASET",
                          expected=f"one of {', '.join(DATASETS)}")
-    i, k = parse_shard(shard)
-    if out is None:
-        out = Path(f"{dataset}.h5" if k == 1 else f"{dataset}_shard-{i}-of-{k}.h5")
-    summary = simulate_to_file(out, dataset, particle=particle, energy=energy,
-                               spectrum=spectrum, theta=theta, momentum=momentum, n=n,
-                               seed=seed, shard=(i, k), chunk_size=chunk_size,
-                               progress=progress)
+    try:
+        i, k = parse_shard(shard)
+        if out is None:
+            out = Path(f"{dataset}.h5" if k == 1 else f"{dataset}_shard-{i}-of-{k}.h5")
+        summary = simulate_to_file(out, dataset, particle=particle, energy=energy,
+                                   spectrum=spectrum, theta=theta, momentum=momentum, n=n,
+                                   seed=seed, shard=(i, k), chunk_size=chunk_size,
+                                   progress=progress, space_check=not skip_space_check)
+    except InputError as exc:
+        option = _OPTIONS.get(exc.key or "")
+        if exc.path is not None or option is None:
+            raise
+        raise InputError(exc.what, key=option, expected=exc.expected) from None
     typer.echo(f"wrote {summary['showers']:,} {dataset} showers (shard {summary['shard']}, "
                f"seed {seed}) to {summary['path']} ({summary['format']}) in "
                f"{summary['seconds']:.1f} s, {summary['showers_per_second']:,.0f} showers/s")

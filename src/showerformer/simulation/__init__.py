@@ -32,8 +32,10 @@ from showerformer.simulation.materials import (
 )
 from showerformer.simulation.simulator import (
     DATASETS,
+    MAX_SHOWERS,
     DatasetSpec,
     Simulator,
+    estimate_file_bytes,
     parse_shard,
     simulate,
     simulate_to_file,
@@ -43,6 +45,7 @@ __all__ = [
     "DATASETS",
     "DETECTORS",
     "MATERIALS",
+    "MAX_SHOWERS",
     "PARTICLES",
     "Beam",
     "BeamSample",
@@ -58,6 +61,7 @@ __all__ = [
     "Spectrum",
     "develop",
     "effective_medium",
+    "estimate_file_bytes",
     "get_detector",
     "get_material",
     "get_particle",

@@ -20,6 +20,8 @@ from showerformer.errors import InputError
 from showerformer.showers import particle_pdg
 
 __all__ = [
+    "MAX_ENERGY_MEV",
+    "MAX_TILT_RAD",
     "PARTICLES",
     "SPECTRUM_KINDS",
     "Beam",
@@ -28,6 +30,7 @@ __all__ = [
     "Spectrum",
     "get_particle",
     "parse_angle",
+    "parse_theta",
 ]
 
 
@@ -90,6 +93,9 @@ def get_particle(spec: str | int | Particle) -> Particle:
 
 
 SPECTRUM_KINDS = ("fixed", "uniform", "log-uniform", "discrete")
+MAX_ENERGY_MEV = 1e8
+"""Highest energy (or momentum) a spectrum may reach, 100 TeV: beyond any collider beam and the
+range where the parametrizations were tuned (1 GeV - 4 TeV)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ class Spectrum:
         if not v or any(not math.isfinite(x) or x <= 0 for x in v):
             raise InputError(f"spectrum values {list(v)}", key="energy",
                              expected="finite energies > 0")
+        if max(v) > MAX_ENERGY_MEV:
+            raise InputError(f"energy {max(v) / 1000:g} GeV", key="energy",
+                             expected=f"at most {MAX_ENERGY_MEV / 1e6:g} TeV")
         if self.kind in ("uniform", "log-uniform") and (len(v) != 2 or v[0] > v[1]):
             raise InputError(f"{self.kind} spectrum over {list(v)}", key="energy",
                              expected="a range low:high with low <= high")
@@ -201,6 +210,37 @@ def parse_angle(text: str | float | Sequence[float] | None, default: tuple[float
     if len(parts) != 2 or parts[0] > parts[1] or not all(map(math.isfinite, parts)):
         raise InputError(f"angle range {text!r}", key="theta", expected="'low:high' in degrees")
     return (math.radians(parts[0]), math.radians(parts[1]))
+
+
+MAX_TILT_RAD = 1.5
+"""Largest tilt ``|pi/2 - theta|`` of the incident direction from the layer normal (86 deg):
+beyond it a shower runs along the layers and the parametrization does not hold."""
+
+
+def parse_theta(text: str | float | Sequence[float] | None, default: tuple[float, float],
+                *, key: str = "theta") -> tuple[float, float]:
+    """A polar angle or range in degrees (``"90"``, ``"70:90"``) -> radians, within the
+    4-176 deg that the simulator supports (see :data:`MAX_TILT_RAD`).
+
+    Arguments:
+        text: the angle(s) in degrees, or None for ``default``.
+        default: the range in rad returned for None (not checked).
+        key: the option or key named in errors.
+
+    Raises:
+        InputError: an unparsable value, or an angle outside 4-176 deg.
+    """
+    if text is None:
+        return default
+    try:
+        lo, hi = parse_angle(text, default)
+    except InputError as exc:
+        raise InputError(exc.what, path=exc.path, key=key, expected=exc.expected) from None
+    if not (0 < lo and hi < math.pi and abs(math.pi / 2 - lo) < MAX_TILT_RAD
+            and abs(math.pi / 2 - hi) < MAX_TILT_RAD):
+        raise InputError(f"theta {text!r} deg", key=key,
+                         expected="angles within 4-176 deg (90 = normal incidence)")
+    return lo, hi
 
 
 @dataclass
