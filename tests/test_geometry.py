@@ -37,7 +37,8 @@ def test_xml_voxel_counts_and_presets(shared_dir, fname):
 
 
 def test_xml_empty_layers_and_official_bin_edges(shared_dir):
-    geo = CylindricalGeometry.from_xml(shared_dir / "calochallenge" / "binning_dataset_1_photons.xml")
+    xml = shared_dir / "calochallenge" / "binning_dataset_1_photons.xml"
+    geo = CylindricalGeometry.from_xml(xml)
     assert geo.n_layers == 24
     assert geo.relevant_layers == [0, 1, 2, 3, 12]
     assert geo.alpha_binned_layers == [1, 2]
@@ -163,3 +164,22 @@ def test_bad_geometry_inputs(tmp_path):
     with pytest.raises(InputError, match="not a readable XML"):
         CylindricalGeometry.from_xml(broken)
     assert geometry_for_cells(1234) is None
+
+
+@pytest.mark.parametrize("name", ["ds2", "sandwich32", "ild-ecal"])
+def test_locate_absurd_values_are_outside_without_warnings(name):
+    geo = get_geometry(name)
+    big = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e13]
+    x = np.array([0.0, *big, 0.0, 0.0, 0.0])
+    y = np.zeros_like(x)
+    z = np.full_like(x, 0.5 * (geo.z_edges[0] + geo.z_edges[1]))
+    layer = np.array([0, *[0] * len(big), np.nan, 1e30, -1e30])  # float layer indices
+    cells = geo.locate(x, y, z, layer=layer)
+    assert cells[0] >= 0 and (cells[1:] == -1).all()
+    assert geo.locate(x[:1], y[:1], np.array([np.nan]))[0] == -1  # depth NaN: no layer
+
+
+def test_dequantize_names_the_key():
+    with pytest.raises(InputError, match="cell index out of range") as err:
+        get_geometry("ds2").dequantize(np.array([0, 6480]))
+    assert err.value.key == "cell"

@@ -1,4 +1,4 @@
-"""CaloChallenge HDF5: exact round trips, chunked reading, official layout, validation, atomicity."""
+"""CaloChallenge HDF5: exact round trips, chunked reads, official layout, validation, atomicity."""
 
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def test_chunked_reading_equals_full(tmp_path):
     for chunk_size in (1, 4, 7, 23, 100):
         assert_same(read_calochallenge(path, chunk_size=chunk_size), full)
     assert_same(read_calochallenge(path, start=5, stop=17, chunk_size=4), full[5:17])
-    assert_same(read_calochallenge(path, start=-3), full[20:])
+    assert_same(read_calochallenge(path, start=20), full[20:])
+    assert_same(read_calochallenge(path, stop=100), full)  # a stop past the end reads all
     chunks = list(iter_calochallenge(path, chunk_size=5))
     assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
     assert_same(VoxelShowers.concatenate(chunks), full)
@@ -150,7 +151,8 @@ def test_given_geometry(tmp_path):
     assert read_calochallenge(path, "par04").geometry.name == "par04"
     with pytest.raises(InputError) as exc:
         read_calochallenge(path, "ds2")
-    assert str(path) in str(exc.value) and "'showers'" in str(exc.value) and "6480" in str(exc.value)
+    msg = str(exc.value)
+    assert str(path) in msg and "'showers'" in msg and "6480" in msg
 
 
 def test_one_dimensional_incident_energies_accepted(tmp_path):
@@ -346,3 +348,15 @@ def test_writer_killed_mid_write_leaves_earlier_file_intact(tmp_path):
     assert_same(read_calochallenge(target), old)
     others = sorted(p.name for p in tmp_path.iterdir() if p.name != target.name)
     assert others and all(n.startswith(".gen.hdf5.") and n.endswith(".tmp") for n in others)
+
+
+@pytest.mark.parametrize(("kw", "key"), [({"stop": -1}, "stop"), ({"start": -3}, "start"),
+                                         ({"stop": 2.5}, "stop"), ({"start": True}, "start")])
+def test_negative_or_fractional_range_is_refused(tmp_path, kw, key):
+    path = write_calochallenge(tmp_path / "a.h5", make_showers("ds2", 5))
+    for call in (lambda: read_calochallenge(path, **kw),
+                 lambda: list(iter_calochallenge(path, chunk_size=2, **kw))):
+        with pytest.raises(InputError, match=f"{key}=") as err:
+            call()
+        assert err.value.key == key and err.value.path == str(path)
+        assert "integer >= 0" in str(err.value)

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import write_zero_shower_file
 
 from showerformer.errors import InputError
 from showerformer.geometry import get_geometry
@@ -180,3 +181,103 @@ def test_summarize_reports_bad_files(tmp_path):
     with pytest.raises(InputError, match=r"'showers'.*shower 2"):
         summarize(path, chunk_size=1)
     assert len(read_calochallenge(path, stop=2)) == 2
+
+
+@pytest.mark.parametrize(("fmt", "key"), [("calochallenge", "showers"), ("par04", "showers"),
+                                          ("pointcloud", "events"), ("sparse-voxels", "offsets")])
+def test_zero_showers_is_an_input_error(tmp_path, fmt, key):
+    path = write_zero_shower_file(tmp_path / f"{fmt}.h5", fmt)
+    assert detect_format(path) == fmt
+    for call in (read_showers, summarize):
+        with pytest.raises(InputError, match="the file holds 0 showers") as err:
+            call(path)
+        assert err.value.key == key and err.value.path == str(path)
+        assert "at least one shower" in str(err.value)
+
+
+def test_summarize_describes_points_without_geometry_and_refuses_them_outside(tmp_path):
+    vox = voxels("ds2", 3)
+    path = write_showers(tmp_path / "p.h5", vox.to_points(), format="pointcloud")
+    s = summarize(path)
+    assert (s["layer_min"], s["layer_max"]) == (0, 44)
+    assert (s["outside_points"], s["outside_energy_mev"], s["outside_showers"]) == (0, 0.0, 0)
+    with h5py.File(path, "a") as f:
+        f["layer"][0, 0] = 999
+        f["layer"][2, 1] = -7
+        e = float(f["events"][0, 0, 3]) + float(f["events"][2, 1, 3])
+    with pytest.raises(InputError) as err:
+        summarize(path)
+    assert err.value.key == "events" and err.value.path == str(path)
+    msg = str(err.value)
+    assert f"points outside geometry ds2: 2 points holding {e:.4g} MeV in 2 of 3 showers" in msg
+    assert "2 of them with a layer index outside 0..44" in msg and "--drop-outside" in msg
+    with h5py.File(path, "a") as f:  # without a geometry the points are only described
+        del f.attrs["geometry"], f.attrs["geometry_json"]
+    s = summarize(path)
+    assert s["geometry"] == "none" and (s["layer_min"], s["layer_max"]) == (-7, 999)
+    assert "outside_points" not in s
+    with pytest.raises(InputError, match="outside geometry ds2"):
+        summarize(path, geometry="ds2")
+
+
+@pytest.mark.parametrize("kw", [{"stop": -1}, {"start": -1}])
+def test_negative_ranges_are_refused_by_every_voxel_reader(tmp_path, kw):
+    key = next(iter(kw))
+    for path in (write_calochallenge(tmp_path / "c.h5", voxels("ds2", 3)),
+                 write_par04(tmp_path / "p.h5", voxels("par04", 2)),
+                 write_showers(tmp_path / "s.h5", voxels("ds2", 3), format="sparse-voxels")):
+        with pytest.raises(InputError, match=f"{key}=-1") as err:
+            read_showers(path, **kw)
+        assert err.value.key == key and err.value.path == str(path)
+
+
+_FULL_DISK_SCRIPT = '''
+import errno, os, sys
+import numpy as np
+from showerformer.errors import OutputError
+from showerformer.geometry import get_geometry
+from showerformer.io import write_showers
+from showerformer.showers import Conditions, VoxelShowers
+
+geo = get_geometry("ds2")
+rng = np.random.default_rng(0)
+vox = VoxelShowers(rng.random((20, geo.n_cells)).astype(np.float32), Conditions(np.ones(20)), geo)
+real, budget = os.pwrite, [30_000]
+
+def pwrite(fd, data, offset):  # the disk fills up after 30 kB
+    if len(data) > budget[0]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    budget[0] -= len(data)
+    return real(fd, data, offset)
+
+os.pwrite = pwrite
+target = sys.argv[1]
+for fmt in ("calochallenge", "par04", "sparse-voxels", "pointcloud"):
+    budget[0] = 30_000
+    showers = vox.to_points() if fmt == "pointcloud" else vox
+    try:
+        write_showers(target, showers, format=fmt, compression=None) if fmt != "pointcloud" \\
+            else write_showers(target, showers, format=fmt)
+    except OutputError as exc:
+        assert "disk became full" in str(exc), exc
+        print(fmt, "refused")
+    else:
+        raise AssertionError(fmt + " wrote a file on a full disk")
+'''
+
+
+def test_full_disk_gives_one_error_and_keeps_the_earlier_file(tmp_path):
+    """A real process: HDF5 must close cleanly after ENOSPC (no messages at exit, no crash)."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "out.h5"
+    target.write_bytes(b"earlier")
+    res = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(target)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # nothing from HDF5 when the half-written file is closed
+    assert res.stdout.split() == ["calochallenge", "refused", "par04", "refused",
+                                  "sparse-voxels", "refused", "pointcloud", "refused"]
+    assert target.read_bytes() == b"earlier"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]  # no temporary file left

@@ -179,3 +179,43 @@ def test_bad_options(event: Path) -> None:
         read_edm4hep(event, collections="Tracker*")
     with pytest.raises(InputError, match="layer_from"):
         read_edm4hep(event, layer_from="slice")
+
+
+def test_ranges_and_files_without_events(tmp_path: Path) -> None:
+    pytest.importorskip("uproot")
+    import uproot
+
+    for kw, key in (({"entry_stop": -1}, "entry_stop"), ({"entry_start": -2}, "entry_start")):
+        with pytest.raises(InputError, match=f"{key}=-") as err:
+            read_edm4hep(tmp_path / "any.root", **kw)  # checked before the file is opened
+        assert err.value.key == key
+    empty = tmp_path / "empty_events.root"
+    with uproot.recreate(empty) as f:
+        f["events"] = {"EventNumber": np.zeros(0, np.int64)}
+    with pytest.raises(InputError, match="the file holds 0 showers") as err:
+        read_edm4hep(empty)
+    assert err.value.key == "events" and err.value.path == str(empty)
+
+
+def test_real_event_hits_outside_the_geometry_are_described(event: Path) -> None:
+    from showerformer.io import summarize
+
+    showers = read_edm4hep(event)
+    n, energy = showers.count_outside()
+    assert n == 7 and energy == pytest.approx(1.669, abs=1e-3)  # albedo hits beside the stave
+    s = summarize(event)  # described, not refused: such hits are part of EDM4hep events
+    assert (s["outside_points"], s["outside_showers"]) == (7, 1)
+    assert s["outside_energy_mev"] == pytest.approx(energy)
+    with pytest.raises(InputError, match=r"7 points holding 1\.669 MeV in 1 of 1 shower"):
+        showers.to_voxels()
+    assert showers.to_voxels(outside="drop").energies.sum() == pytest.approx(
+        showers.points[..., 3].sum() - energy, rel=1e-6)
+
+
+def test_read_showers_ranges_select_events(event: Path) -> None:
+    from showerformer.io import read_showers
+
+    assert len(read_showers(event, stop=1)) == 1 and len(read_showers(event, start=1)) == 0
+    with pytest.raises(InputError, match="stop=-1") as err:
+        read_showers(event, stop=-1)
+    assert err.value.key == "stop" and err.value.path == str(event)

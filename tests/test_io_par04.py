@@ -93,7 +93,8 @@ def test_units_and_angles(tmp_path):
         read_par04(path)
     np.testing.assert_allclose(read_par04(path, angle_unit="deg").conditions.theta,
                                [math.pi / 2, math.pi / 3], rtol=1e-6)
-    assert (read_par04(path, angle_unit="deg", theta=0.25).conditions.theta == np.float32(0.25)).all()
+    theta = read_par04(path, angle_unit="deg", theta=0.25).conditions.theta
+    assert (theta == np.float32(0.25)).all()
 
 
 def test_per_energy_zenodo_layout(tmp_path):

@@ -343,3 +343,98 @@ def test_truncated_file(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         read_pointcloud(cut)
     assert err.value.path == str(cut)
+
+
+# ---------------------------------------------------------------------------- geometry checks
+def _ild_points(n: int = 3) -> PointShowers:
+    """Points inside the ILD ECAL: layer l at the middle of its sensor, on the cell grid."""
+    rng = np.random.default_rng(11)
+    showers = []
+    for _ in range(n):
+        layer = rng.integers(0, ILD_ECAL.n_layers, 6)
+        z = ILD_ECAL.sensor_depth[layer] + ILD_ECAL.sensor_thickness / 2
+        showers.append(np.stack([rng.uniform(-100, 100, 6), rng.uniform(-100, 100, 6), z,
+                                 rng.uniform(0.1, 2.0, 6), layer], axis=1))
+    return PointShowers.from_ragged(showers, Conditions([1e4, 2e4, 3e4][:n]), ILDGeometry())
+
+
+@pytest.mark.parametrize("depth", [30.5, -0.25, 1e9])
+def test_layer_coordinate_beyond_the_layers_is_outside(tmp_path: Path, depth: float) -> None:
+    path = write_pointcloud(tmp_path / "ild.h5", _ild_points())
+    assert pointcloud_layout(path).depth_unit == "layer"
+    with h5py.File(path, "a") as f:
+        ev = f["events"][()]
+        filled = np.flatnonzero(ev[1, :, 3])
+        ev[1, filled[2], 1] = depth  # the layer coordinate (file y) of one point
+        f["events"][...] = ev
+    showers = read_pointcloud(path)
+    assert showers.points[1, showers.mask[1], 4][2] == -1  # no layer, not the nearest one
+    energy = float(showers.points[1, showers.mask[1], 3][2])
+    assert showers.count_outside() == (1, pytest.approx(energy))
+    with pytest.raises(InputError, match="outside geometry ild-ecal"):
+        showers.to_voxels()
+    from showerformer.io import summarize
+
+    with pytest.raises(InputError, match=r"1 point holding .* in 1 of 3 showers") as err:
+        summarize(path)
+    assert err.value.key == "events" and err.value.path == str(path)
+
+
+def test_stored_layers_must_be_whole_numbers(tmp_path: Path) -> None:
+    geo = get_geometry("ds2")
+    e = np.zeros((2, geo.n_cells), np.float32)
+    e[:, [5, 700, 3000]] = 1.0
+    path = write_pointcloud(tmp_path / "ds2.h5",
+                            VoxelShowers(e, Conditions([1e3, 2e3]), geo).to_points())
+    with h5py.File(path, "a") as f:
+        layer = f["layer"][()].astype(np.float32)
+        del f["layer"]
+        layer[1, 1] = np.nan
+        f["layer"] = layer
+    with pytest.raises(InputError, match="layer index nan at shower 1, point 1") as err:
+        read_pointcloud(path)
+    assert err.value.key == "layer"
+    with h5py.File(path, "a") as f:
+        layer[1, 1] = 2.5
+        f["layer"][...] = layer
+    with pytest.raises(InputError, match=r"layer index 2\.5"):
+        read_pointcloud(path)
+    with h5py.File(path, "a") as f:
+        layer[1, 1] = 999.0  # whole but outside: read, then counted as outside
+        f["layer"][...] = layer
+    assert read_pointcloud(path).count_outside() == (1, 1.0)
+
+
+def test_zero_showers_and_negative_ranges(tmp_path: Path) -> None:
+    empty = _good(tmp_path / "empty.h5", events=np.zeros((0, 5, 4), np.float32),
+                  energy=np.zeros((0, 1), np.float32))
+    for call in (lambda: read_pointcloud(empty), lambda: list(iter_pointcloud(empty))):
+        with pytest.raises(InputError, match="the file holds 0 showers") as err:
+            call()
+        assert err.value.key == "events" and err.value.path == str(empty)
+    path = _good(tmp_path / "good.h5")
+    for kw, key in (({"stop": -1}, "stop"), ({"start": -1}, "start"), ({"stop": 1.5}, "stop")):
+        with pytest.raises(InputError, match=f"{key}=") as err:
+            read_pointcloud(path, **kw)
+        assert err.value.key == key and err.value.path == str(path)
+        with pytest.raises(InputError, match=f"{key}="):
+            list(iter_pointcloud(path, **kw))
+    assert len(read_pointcloud(path, stop=1)) == 1
+
+
+def test_writer_refuses_empty_samples_and_points_in_no_layer(tmp_path: Path) -> None:
+    target = tmp_path / "out.h5"
+    none = PointShowers.from_ragged([], Conditions(np.zeros(0)), ILDGeometry())
+    with pytest.raises(InputError, match="no showers") as err:
+        write_pointcloud(target, none)
+    assert err.value.path == str(target)
+    showers = _ild_points()
+    showers.points[0, 1, 4] = -1  # no layer column and a depth behind the calorimeter
+    showers.points[0, 1, 2] = 1e9
+    with pytest.raises(InputError, match=r"1 point \(.* MeV\) in no layer of ild-ecal") as err:
+        write_pointcloud(target, showers)
+    assert err.value.key == "layer"
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    showers.points[0, 1, 2] = 10.0  # a depth inside a layer gives the layer
+    back = read_pointcloud(write_pointcloud(target, showers))
+    assert back.points[0, 1, 4] == ILD_ECAL.layer_of_depth(np.array([10.0]))[0]

@@ -121,3 +121,97 @@ def test_bad_hit_values(tmp_path):
         SparseVoxelFile(path2)
     with pytest.raises(InputError, match="out of range"):
         SparseVoxelFile(path2, in_memory=False).dense([3])
+
+
+def _set_hit(path, key, hit, value):
+    with h5py.File(path, "a") as f:
+        f[key][hit] = value
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("cell", 10**8, "cell index 100000000 at hit {hit} \\(shower 1\\)"),
+    ("cell", -3, "cell index -3 at hit {hit}"),
+    ("cell", "repeat", "after cell .* at hit {hit} \\(shower 1\\)"),
+    ("energy", np.nan, "energy nan at hit {hit}"),
+    ("energy", -1.0, "energy -1.0 at hit {hit}"),
+])
+def test_every_reader_and_summary_check_the_hits(tmp_path, key, value, match):
+    path = write_sparse(tmp_path / "bad.h5", _showers(4, seed=7))
+    offsets = SparseVoxelFile(path).offsets
+    hit = int(offsets[1]) + 2
+    assert hit < offsets[2]  # inside shower 1
+    if value == "repeat":  # a cell twice in one shower would overwrite energy when densified
+        with h5py.File(path) as f:
+            value = int(f["cell"][hit - 1])
+    _set_hit(path, key, hit, value)
+    for call in (lambda: SparseVoxelFile(path), lambda: read_sparse(path),
+                 lambda: list(iter_sparse(path, chunk_size=2)), lambda: summarize(path),
+                 lambda: SparseVoxelFile(path, in_memory=False).validate(chunk_hits=3)):
+        with pytest.raises(InputError, match=match.format(hit=hit)) as err:
+            call()
+        assert err.value.key == key and err.value.path == str(path)
+
+
+def test_order_is_checked_across_chunk_boundaries(tmp_path):
+    path = write_sparse(tmp_path / "s.h5", _showers(3, seed=8))
+    f = SparseVoxelFile(path)
+    a = int(f.offsets[1]) + 3  # swap two neighbouring hits inside shower 1
+    with h5py.File(path, "a") as h:
+        cells = h["cell"][:]
+        cells[[a, a + 1]] = cells[[a + 1, a]]
+        h["cell"][:] = cells
+    for chunk in (3, a, a + 1, a + 2, 10**6):
+        with pytest.raises(InputError, match=f"at hit {a + 1} "):
+            SparseVoxelFile(path, in_memory=False).validate(chunk_hits=chunk)
+    # a new shower may start with a smaller cell than the last one of the shower before
+    good = write_sparse(tmp_path / "g.h5", _showers(5, seed=9))
+    for chunk in (7, 50):
+        SparseVoxelFile(good, in_memory=False).validate(chunk_hits=chunk)
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("offsets", np.array([0.0, 3.0, 5.0]), "dtype float64"),
+    ("offsets", np.array([2, 3, 5]), "first offset 2"),
+    ("offsets", np.zeros((2, 2), np.int64), "shape"),
+    ("incident_energies", np.ones((3, 3)), "shape \\(3, 3\\)"),
+    ("incident_energies", np.array([1.0, 0.0, 2.0]), "invalid incident energy 0.0 at shower 1"),
+])
+def test_bad_offsets_and_incident_energies(tmp_path, key, value, match):
+    path = write_sparse(tmp_path / "bad.h5", _showers(3, seed=5))
+    _corrupt(path, key, value)
+    with pytest.raises(InputError, match=match) as err:
+        SparseVoxelFile(path, in_memory=False)
+    assert err.value.key == key and err.value.path == str(path)
+
+
+def test_zero_showers_and_bad_ranges(tmp_path):
+    path = write_sparse(tmp_path / "s.h5", _showers(3, seed=1))
+    empty = tmp_path / "empty.h5"
+    with h5py.File(path) as src, h5py.File(empty, "w") as f:
+        f.attrs.update(src.attrs)
+        f["offsets"] = np.zeros(1, np.int64)
+        f["cell"] = np.zeros(0, np.int32)
+        f["energy"] = np.zeros(0, np.float32)
+        f["incident_energies"] = np.zeros((0, 1))
+    for call in (lambda: SparseVoxelFile(empty), lambda: read_sparse(empty),
+                 lambda: summarize(empty), lambda: read_showers(empty)):
+        with pytest.raises(InputError, match="the file holds 0 showers") as err:
+            call()
+        assert err.value.key == "offsets" and err.value.path == str(empty)
+    for kw, key in (({"stop": -1}, "stop"), ({"start": -2}, "start")):
+        with pytest.raises(InputError, match=f"{key}=-") as err:
+            read_sparse(path, **kw)
+        assert err.value.key == key
+        with pytest.raises(InputError, match=f"{key}=-"):
+            list(iter_sparse(path, **kw))
+        with pytest.raises(InputError, match=f"{key}=-"):
+            SparseVoxelFile(path).read(**kw)
+    assert len(read_sparse(path, stop=2)) == 2 and len(read_sparse(path, start=3)) == 0
+
+
+def test_geometry_override_must_have_the_files_cells(tmp_path):
+    path = write_sparse(tmp_path / "s.h5", _showers(2, seed=1))
+    with pytest.raises(InputError, match="has 262144 cells, the file's sandwich32 32768") as err:
+        SparseVoxelFile(path, geometry="sandwich64")
+    assert err.value.key == "geometry"
+    assert SparseVoxelFile(path, geometry=get_geometry("sandwich32")).geometry.n_cells == 32**3

@@ -107,3 +107,77 @@ def test_shape_mismatches_are_input_errors():
         VoxelShowers(np.zeros((2, 6480)), Conditions([1.0]), geo)
     with pytest.raises(InputError, match="without a geometry"):
         PointShowers.from_ragged([np.zeros((1, 5))], Conditions([1.0])).to_voxels()
+
+
+def _points_with_outsiders():
+    """ds2 voxels as points, then one point moved to layer 999, one to layer -7, one to
+    x = 1e9 and one to a depth of 1e9 mm (layer column kept)."""
+    vox = _random_voxels("ds2", n=5, seed=2)
+    pts = vox.to_points(dequantize=True, rng=1)
+    moved = [(0, 0, 4, 999.0), (1, 2, 4, -7.0), (3, 1, 0, 1e9), (3, 2, 2, 1e9)]
+    for shower, slot, column, value in moved:
+        pts.points[shower, slot, column] = value
+    return vox, pts, moved
+
+
+def test_to_voxels_refuses_points_outside_and_says_how_much():
+    _, pts, moved = _points_with_outsiders()
+    lost = sum(float(pts.points[s, k, 3]) for s, k, _, _ in moved)
+    assert pts.count_outside() == (4, pytest.approx(lost, rel=1e-12))
+    assert pts.count_outside(get_geometry("ds3")) == (4, pytest.approx(lost, rel=1e-12))
+    with pytest.raises(InputError) as err:
+        pts.to_voxels()
+    msg = str(err.value)
+    assert f"4 points holding {lost:.4g} MeV in 3 of 5 showers" in msg
+    assert "outside geometry ds2" in msg and "--drop-outside" in msg
+    assert err.value.key == "points"
+    with pytest.raises(InputError, match="outside"):
+        pts.to_voxels(outside="keep")
+    assert pts.describe_outside() == f"4 points holding {lost:.4g} MeV in 3 of 5 showers"
+
+
+def test_to_voxels_drops_exactly_the_points_outside():
+    vox, pts, moved = _points_with_outsiders()
+    geo = vox.geometry
+    expected = vox.energies.copy()
+    for shower, slot, _, _ in moved:  # every cell holds one point: its energy goes
+        cells = np.flatnonzero(vox.energies[shower])
+        expected[shower, cells[slot]] = 0.0
+    back = pts.to_voxels(outside="drop")
+    np.testing.assert_array_equal(back.energies, expected)
+    mask = pts.outside_mask()
+    assert mask.shape == pts.mask.shape and mask.sum() == 4
+    assert sorted(zip(*np.nonzero(mask), strict=True)) == sorted((s, k) for s, k, _, _ in moved)
+    inside = pts.drop_outside()
+    assert inside.n_points.tolist() == (pts.n_points - mask.sum(axis=1)).tolist()
+    assert inside.count_outside() == (0, 0.0) and inside.describe_outside() is None
+    np.testing.assert_array_equal(inside.to_voxels().energies, expected)
+    assert inside.geometry is geo
+
+
+def test_count_outside_ignores_padding_and_needs_a_geometry():
+    vox = _random_voxels("ds2", n=3)
+    pts = vox.to_points()
+    pts.points[~pts.mask] = 1e9  # garbage in the padding is never a point
+    assert pts.count_outside() == (0, 0.0)
+    np.testing.assert_array_equal(pts.to_voxels().energies, vox.energies)
+    bare = PointShowers.from_ragged([np.zeros((1, 5))], Conditions([1.0]))
+    with pytest.raises(InputError, match="without a geometry"):
+        bare.count_outside()
+
+
+@pytest.mark.parametrize("value", [1e30, -1e30, 3e38])
+def test_absurd_positions_and_layers_are_outside_without_warnings(value):
+    pts = _random_voxels("sandwich32", n=2).to_points()
+    pts.points[0, 0, 0] = value  # x
+    pts.points[1, 0, 4] = value  # layer
+    assert pts.count_outside()[0] == 2
+
+
+def test_validate_rejects_fractional_layers():
+    pts = _random_voxels("ds2", n=2).to_points()
+    pts.validate()
+    pts.points[1, 0, 4] = 2.5
+    with pytest.raises(InputError, match=r"layer index 2\.5") as err:
+        pts.validate(path="p.h5")
+    assert err.value.path == "p.h5"

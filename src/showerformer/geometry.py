@@ -1,4 +1,4 @@
-"""Calorimeter geometries as data: cylindrical (CaloChallenge XML, ds1/ds2/ds3, Par04) and Cartesian grids.
+"""Calorimeter geometries as data: cylindrical (CaloChallenge XML, ds1/ds2/ds3, Par04), Cartesian.
 
 Every geometry flattens its cells into one axis of ``n_cells`` in a fixed order and offers cell
 centres, volumes, a vectorized map from continuous hit positions to cells and the inverse
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20  # hits per chunk in locate(), bounds temporary memory
+_FAR = 1e12  # mm; transverse positions beyond this are outside every geometry
 
 
 class Geometry(ABC):
@@ -123,13 +124,19 @@ class Geometry(ABC):
                 raise ValueError("locate() needs either z or layer")
             layer = self.layer_of_z(np.asarray(z).ravel())
         else:
-            layer = np.asarray(layer).ravel().astype(np.int64)
+            layer = np.asarray(layer).ravel()
+            if layer.dtype.kind == "f":  # clip before the cast (NaN and huge values: outside)
+                layer = np.clip(np.nan_to_num(layer, nan=-1.0), -1, self.n_layers)
+            layer = layer.astype(np.int64)
             layer = np.where((layer >= 0) & (layer < self.n_layers), layer, -1)
+        # NaN, inf and absurd positions are outside; keeping them away from the per-geometry
+        # code avoids casting huge floats to integer bin indices
+        sane = (np.abs(x) < _FAR) & (np.abs(y) < _FAR)
         out = np.full(x.shape, -1, dtype=np.int64)
         for start in range(0, len(x), _CHUNK):
             sl = slice(start, start + _CHUNK)
             lay = layer[sl]
-            ok = lay >= 0
+            ok = (lay >= 0) & sane[sl]
             if ok.any():
                 sub = np.full(lay.shape, -1, dtype=np.int64)
                 sub[ok] = self._locate_in_layer(x[sl][ok], y[sl][ok], lay[ok])
@@ -147,8 +154,8 @@ class Geometry(ABC):
         cells = np.asarray(cells, dtype=np.int64).ravel()
         if cells.size and (cells.min() < 0 or cells.max() >= self.n_cells):
             raise InputError(
-                f"cell index out of range [{cells.min()}, {cells.max()}]",
-                expected=f"indices in [0, {self.n_cells})",
+                f"cell index out of range [{cells.min()}, {cells.max()}]", key="cell",
+                expected=f"indices in [0, {self.n_cells}) of {self.name}",
             )
         rng = np.random.default_rng(rng)
         u = rng.random((len(cells), 3))

@@ -14,7 +14,8 @@ import numpy as np
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 
-__all__ = ["PDG", "Conditions", "PointShowers", "VoxelShowers", "particle_pdg"]
+__all__ = ["PDG", "Conditions", "PointShowers", "VoxelShowers", "outside_phrase",
+           "particle_pdg"]
 
 PDG: dict[str, int] = {
     "e-": 11, "e+": -11, "gamma": 22, "photon": 22, "pi+": 211, "pi-": -211,
@@ -100,7 +101,23 @@ def _fill(values: Any, n: int, dtype: Any, default: float) -> np.ndarray:
     return arr
 
 
-def _check_energies(values: np.ndarray, what: str, path: Any = None, key: str | None = None) -> None:
+_OUTSIDE = ("error", "drop")
+
+
+def _mev(energy: float) -> str:
+    """``2676.31`` -> ``"2,676.3 MeV"``; small energies keep four significant digits."""
+    return f"{energy:,.1f} MeV" if abs(energy) >= 100 else f"{energy:.4g} MeV"
+
+
+def outside_phrase(n_points: int, energy: float, n_showers: int, n_total: int) -> str:
+    """``"12 points holding 3.4 MeV in 2 of 10 showers"``: how much of a sample lies outside
+    its geometry (see :meth:`PointShowers.outside_mask`), for messages."""
+    return (f"{n_points:,} point{'s' if n_points != 1 else ''} holding {_mev(energy)} in "
+            f"{n_showers:,} of {n_total:,} shower{'s' if n_total != 1 else ''}")
+
+
+def _check_energies(values: np.ndarray, what: str, path: Any = None,
+                    key: str | None = None) -> None:
     """Raise an :class:`InputError` for NaN, inf or negative energies."""
     if values.size == 0:
         return
@@ -240,11 +257,21 @@ class PointShowers:
         return self.mask.sum(axis=1)
 
     def validate(self, path: Any = None, key: str = "events") -> PointShowers:
-        """Raise an :class:`InputError` for NaN, inf or negative point energies."""
+        """Raise an :class:`InputError` for NaN or inf values, negative point energies and
+        layer indices that are not whole numbers.
+
+        Points outside a geometry are valid here: :meth:`count_outside` counts them and
+        :meth:`to_voxels` refuses or drops them.
+        """
         if not np.isfinite(self.points).all():
             raise InputError("points contain NaN or inf", path=path, key=key,
                              expected="finite coordinates and energies")
         _check_energies(self.points[..., 3][self.mask], "point", path, key)
+        layer = self.points[..., 4][self.mask]  # (m,)
+        if layer.size and not (np.rint(layer) == layer).all():
+            bad = float(layer[np.rint(layer) != layer][0])
+            raise InputError(f"layer index {bad:g} is not a whole number", path=path, key=key,
+                             expected="integer layer indices in the fifth column")
         _check_energies(self.conditions.energy, "incident energy", path, "energy")
         return self
 
@@ -280,23 +307,126 @@ class PointShowers:
         """A list of (n_i, 5) arrays, the real points of each shower in stored order."""
         return [p[m] for p, m in zip(self.points, self.mask, strict=True)]
 
-    def to_voxels(self, geometry: Geometry | None = None, *, use_layer: bool = True) -> VoxelShowers:
-        """Sum point energies into the cells of ``geometry``; points outside are dropped.
-
-        Arguments:
-            geometry: defaults to the showers' own.
-            use_layer: take each point's layer from its layer column rather than from z.
-        """
+    def _geometry_for(self, geometry: Geometry | None) -> Geometry:
         geo = geometry or self.geometry
         if geo is None:
             raise InputError("point clouds without a geometry cannot be voxelized",
                              key="geometry", expected="a geometry (e.g. --geometry ds2)")
+        return geo
+
+    def _cells(self, geo: Geometry, use_layer: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Shower and cell of every real point (shower-major), cell -1 for points outside.
+
+        A point is outside when its layer index is not a layer of ``geo``, its depth lies in
+        front of or behind the calorimeter, or its transverse position is in no cell of its layer.
+
+        Returns:
+            ``(rows, cells)``, both (m,) int64 for the m real points.
+        """
         rows, idx = np.nonzero(self.mask)
-        pts = self.points[rows, idx]
-        layer = np.rint(pts[:, 4]).astype(np.int64) if use_layer else None
+        pts = self.points[rows, idx].astype(np.float64)  # (m, 5)
+        layer = None
+        if use_layer:
+            # clip before the cast: huge or non-finite values become -1 (outside), not garbage
+            raw = np.nan_to_num(pts[:, 4], nan=-1.0, posinf=-1.0, neginf=-1.0)
+            layer = np.rint(np.clip(raw, -1, geo.n_layers)).astype(np.int64)
         cells = geo.locate(pts[:, 0], pts[:, 1], pts[:, 2], layer=layer)
+        z = pts[:, 2]
+        cells[~((z >= geo.z_edges[0]) & (z <= geo.z_edges[-1]))] = -1  # NaN is outside too
+        return rows, cells
+
+    def outside_mask(self, geometry: Geometry | None = None) -> np.ndarray:
+        """Which points lie outside ``geometry``: True for a real point whose layer index is
+        not a layer of the geometry, whose depth is in front of or behind the calorimeter, or
+        whose position is in no cell of its layer; padding is always False.
+
+        Arguments:
+            geometry: defaults to the showers' own.
+
+        Returns:
+            (N, P) bool, like :attr:`mask`.
+
+        Raises:
+            InputError: no geometry given and none attached to the showers.
+        """
+        _, cells = self._cells(self._geometry_for(geometry))
+        out = np.zeros(self.mask.shape, dtype=bool)
+        out[self.mask] = cells < 0  # boolean indexing is shower-major, as np.nonzero
+        return out
+
+    def count_outside(self, geometry: Geometry | None = None) -> tuple[int, float]:
+        """How many real points lie outside ``geometry`` and how much energy they hold.
+
+        Outside means as in :meth:`outside_mask`; padding is never counted. These are the
+        points that ``to_voxels(outside="drop")`` drops.
+
+        Arguments:
+            geometry: defaults to the showers' own.
+
+        Returns:
+            ``(n_points, energy)``: the number of points outside and their summed energy in MeV.
+
+        Raises:
+            InputError: no geometry given and none attached to the showers.
+        """
+        out = self.outside_mask(geometry)
+        return int(out.sum()), float(self.points[..., 3][out].sum(dtype=np.float64))
+
+    def describe_outside(self, geometry: Geometry | None = None) -> str | None:
+        """``"12 points holding 3.4 MeV in 2 of 10 showers"`` for the points outside
+        ``geometry`` (see :meth:`outside_mask`), or None when every point is inside."""
+        out = self.outside_mask(geometry)
+        if not out.any():
+            return None
+        energy = float(self.points[..., 3][out].sum(dtype=np.float64))
+        return outside_phrase(int(out.sum()), energy, int(out.any(axis=1).sum()), len(self))
+
+    def drop_outside(self, geometry: Geometry | None = None) -> PointShowers:
+        """The same showers without their points outside ``geometry`` (see
+        :meth:`outside_mask`); the remaining points keep their order."""
+        keep = self.mask & ~self.outside_mask(geometry)  # (N, P)
+        return PointShowers.from_flat(self.points[keep], keep.sum(axis=1), self.conditions,
+                                      self.geometry)
+
+    def to_voxels(
+        self, geometry: Geometry | None = None, *, outside: str = "error", use_layer: bool = True,
+    ) -> VoxelShowers:
+        """Sum point energies into the cells of ``geometry``.
+
+        Energy is never lost silently: points outside the geometry (layer index outside its
+        layers, depth outside the calorimeter, position in no cell) raise an error unless
+        ``outside="drop"``; :meth:`count_outside` tells what would be dropped.
+
+        Arguments:
+            geometry: defaults to the showers' own.
+            outside: ``"error"`` (default) or ``"drop"`` for points outside the geometry.
+            use_layer: take each point's layer from its layer column rather than from z.
+
+        Returns:
+            :class:`VoxelShowers` on ``geometry`` with the same conditions.
+
+        Raises:
+            InputError: no geometry, an unknown ``outside``, or (with ``"error"``) points
+                outside the geometry, saying how many, their energy in MeV and in how many
+                showers.
+        """
+        if outside not in _OUTSIDE:
+            raise InputError(f"outside={outside!r}", key="outside",
+                             expected=" or ".join(repr(o) for o in _OUTSIDE))
+        geo = self._geometry_for(geometry)
+        rows, cells = self._cells(geo, use_layer)
         ok = cells >= 0
-        flat = np.bincount(rows[ok] * geo.n_cells + cells[ok], weights=pts[ok, 3],
+        if outside == "error" and not ok.all():
+            e_out = float(self.points[self.mask][~ok, 3].sum(dtype=np.float64))
+            phrase = outside_phrase(int((~ok).sum()), e_out, len(np.unique(rows[~ok])), len(self))
+            raise InputError(
+                f"points outside geometry {geo.name} (layer index outside "
+                f"0..{geo.n_layers - 1}, depth outside {geo.z_edges[0]:g}.."
+                f"{geo.z_edges[-1]:g} mm or position in no cell): {phrase}",
+                key="points", expected="points inside the geometry, or --drop-outside "
+                "(to_voxels(outside='drop')) to drop them")
+        energy = self.points[self.mask][:, 3].astype(np.float64)  # (m,)
+        flat = np.bincount(rows[ok] * geo.n_cells + cells[ok], weights=energy[ok],
                            minlength=len(self) * geo.n_cells)
         return VoxelShowers(flat.reshape(len(self), geo.n_cells).astype(np.float32),
                             self.conditions, geo)

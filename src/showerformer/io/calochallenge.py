@@ -50,9 +50,9 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from showerformer._atomic import atomic_path
 from showerformer.errors import InputError
 from showerformer.geometry import PRESETS, Geometry, geometry_for_cells, get_geometry
+from showerformer.io._h5file import SpaceCheckedFile, create_h5
 from showerformer.showers import Conditions, VoxelShowers
 
 __all__ = [
@@ -261,6 +261,23 @@ def _block_rows(row_bytes: int, budget: int = _READ_BLOCK_BYTES) -> int:
     return max(1, budget // max(1, row_bytes))
 
 
+def _check_range(start: Any, stop: Any, path: Any = None,
+                 keys: tuple[str, str] = ("start", "stop")) -> None:
+    """Raise unless ``start`` is an integer >= 0 and ``stop`` None or an integer >= 0.
+
+    Negative values are refused rather than counted from the end as in Python slices: a
+    ``stop`` of -1 (e.g. ``--max-showers -1``) would silently read all showers but the last.
+    """
+    for key, value, optional in ((keys[0], start, False), (keys[1], stop, True)):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            more = ", or None for the end of the file" if optional else ""
+            raise InputError(f"{key}={value!r}", path=path, key=key,
+                             expected=f"a shower count from the start of the file, an integer "
+                             f">= 0{more}")
+
+
 def _slice_bounds(start: int, stop: int | None, n: int) -> tuple[int, int]:
     lo, hi, _ = slice(start, stop).indices(n)
     return lo, max(lo, hi)
@@ -337,7 +354,8 @@ def read_calochallenge(
         geometry: a preset name, a binning XML or a :class:`Geometry`; by default the geometry
             stored by this library's writer, else the preset with this many voxels
             (368 ds1-photons, 533 ds1-pions, 6480 ds2, 40500 ds3).
-        start, stop: the showers to read, as in ``showers[start:stop]``.
+        start, stop: the showers to read, as in ``showers[start:stop]`` but counted from the
+            start of the file only (integers >= 0; ``stop=None`` reads to the end).
         chunk_size: showers per read block; default about 64 MiB of file data.
 
     Returns:
@@ -346,10 +364,12 @@ def read_calochallenge(
 
     Raises:
         InputError: missing or unreadable file, missing key, wrong shape, mismatched lengths,
-            unknown voxel count, NaN / inf / negative energies, empty file.
+            unknown voxel count, NaN / inf / negative energies, a file of 0 showers, a
+            negative ``start`` or ``stop``.
     """
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}", key="chunk_size", expected="an integer >= 1")
+    _check_range(start, stop, path)
     with _open_h5(path, _EXPECTED) as f:
         cc = _CaloChallengeFile(f, path, geometry)
         lo, hi = _slice_bounds(start, stop, cc.n)
@@ -380,6 +400,7 @@ def iter_calochallenge(
     """
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}", key="chunk_size", expected="an integer >= 1")
+    _check_range(start, stop, path)
     with _open_h5(path, _EXPECTED) as f:
         cc = _CaloChallengeFile(f, path, geometry)
         lo, hi = _slice_bounds(start, stop, cc.n)
@@ -433,6 +454,7 @@ class _ShowerFileWriter:
         self._extra_spec = extra_keys
         self._stack: contextlib.ExitStack | None = None
         self._file: h5py.File | None = None
+        self._raw: SpaceCheckedFile | None = None
         self._conditions: list[str] | None = None  # condition fields stored, fixed on 1st append
         self._n = 0
 
@@ -440,14 +462,13 @@ class _ShowerFileWriter:
     def __enter__(self) -> _ShowerFileWriter:
         stack = contextlib.ExitStack()
         try:
-            tmp = stack.enter_context(atomic_path(self.path))
-            self._file = h5py.File(tmp, "w")
-            stack.callback(self._file.close)  # closed before the rename (LIFO)
+            self._file, self._raw = stack.enter_context(create_h5(self.path))
             self._file.attrs["format"] = self.FORMAT
             self._file.attrs["geometry"] = self.geometry.name
             self._file.attrs["geometry_json"] = json.dumps(self.geometry.to_dict())
             self._file.attrs["energy_unit"] = "MeV"
             self._create_main(self._file)
+            self._raw.raise_if_full()
         except BaseException:
             stack.__exit__(*sys.exc_info())
             raise
@@ -464,7 +485,7 @@ class _ShowerFileWriter:
                              expected="at least one shower appended")
             stack.__exit__(InputError, err, None)  # removes the temporary file
             raise err
-        return bool(stack.__exit__(exc_type, exc, tb))
+        return bool(stack.__exit__(exc_type, exc, tb))  # a full disk: OutputError
 
     @property
     def n_written(self) -> int:
@@ -497,6 +518,8 @@ class _ShowerFileWriter:
             ds = self._file[self._dataset_name(field)]
             ds.resize(hi, axis=0)
             ds[lo:hi] = values
+        assert self._raw is not None
+        self._raw.raise_if_full()  # a full disk stops the writing here, not at the end
         self._n = hi
 
     def _choose_conditions(self, cond: Conditions) -> list[str]:

@@ -18,6 +18,7 @@ from showerformer.geometry import Geometry
 from showerformer.io.calochallenge import (
     ENERGY_KEY,
     SHOWERS_KEY,
+    _check_range,
     _open_h5,
     iter_calochallenge,
     read_calochallenge,
@@ -25,7 +26,7 @@ from showerformer.io.calochallenge import (
 )
 from showerformer.io.par04 import iter_par04, par04_layout, read_par04, write_par04
 from showerformer.io.sparse import SparseVoxelFile, is_sparse_file, read_sparse, write_sparse
-from showerformer.showers import PDG, PointShowers, VoxelShowers
+from showerformer.showers import PDG, PointShowers, VoxelShowers, outside_phrase
 
 __all__ = ["FORMATS", "detect_format", "read_showers", "summarize", "write_showers"]
 
@@ -134,12 +135,17 @@ def read_showers(
     Arguments:
         path: the file.
         geometry: passed to the reader (voxel geometry, or the geometry of point clouds).
-        **kw: further reader options (e.g. ``start``/``stop`` for the voxel formats).
+        **kw: further reader options, e.g. ``start`` / ``stop`` (integers >= 0, for every
+            format; the events of an EDM4hep file).
 
     Returns:
         :class:`VoxelShowers` for CaloChallenge and Par04 files, whatever the point-cloud and
         EDM4hep readers return otherwise.
+
+    Raises:
+        InputError: a bad file (as the readers say), a negative ``start`` or ``stop``.
     """
+    _check_range(kw.get("start", 0), kw.get("stop"), path)
     fmt = detect_format(path)
     if fmt == "calochallenge":
         return read_calochallenge(path, geometry, **kw)
@@ -151,6 +157,8 @@ def read_showers(
         module = importlib.import_module("showerformer.io.pointcloud")
         return module.read_pointcloud(path, geometry=geometry, **kw)
     module = importlib.import_module("showerformer.io.edm4hep")
+    if "start" in kw or "stop" in kw:  # events are the showers of an EDM4hep file
+        kw["entry_start"], kw["entry_stop"] = kw.pop("start", None), kw.pop("stop", None)
     return module.read_edm4hep(path, geometry=geometry, **kw)
 
 
@@ -208,10 +216,9 @@ def _particles(counts: Counter[int]) -> str | None:
 
 
 def _summarize_sparse(p: Path, geometry: GeometryLike | None) -> dict[str, Any]:
-    f = SparseVoxelFile(p, geometry=geometry, in_memory=False)
+    with SparseVoxelFile(p, geometry=geometry, in_memory=False) as f:
+        f.validate()  # every hit, chunk by chunk: cells inside the geometry, energies
     n = len(f)
-    if n == 0:
-        raise InputError("the file holds 0 showers", path=p, expected="at least one shower")
     e = f.conditions.energy
     out: dict[str, Any] = {
         "path": str(p), "format": "sparse-voxels", "geometry": f.geometry.name,
@@ -245,7 +252,14 @@ def summarize(
         ``geometry_description``, ``n_showers``, ``energy_min_mev``, ``energy_max_mev``,
         ``energy_mean_mev``, ``size_bytes``, ``particles`` (when PDG ids are stored), and
         ``sparsity`` (fraction of zero cells) for voxels or ``mean_points``, ``min_points``,
-        ``max_points`` (points per shower) for point clouds.
+        ``max_points`` (points per shower), ``layer_min``, ``layer_max`` and, with a
+        geometry, ``outside_points``, ``outside_energy_mev`` and ``outside_showers`` (points
+        outside the geometry, see :meth:`PointShowers.outside_mask`) for point clouds.
+
+    Raises:
+        InputError: any bad file (as the readers), a file of 0 showers, and a point-cloud
+            file whose points lie outside the geometry it names or implies (EDM4hep files
+            are described instead: their hits far from the shower are expected).
     """
     p = Path(path)
     fmt = detect_format(p)
@@ -269,6 +283,9 @@ def summarize(
     e_min, e_max, e_sum = math.inf, -math.inf, 0.0
     zeros = cells = 0
     pts_sum, pts_min, pts_max = 0, None, None
+    layer_min, layer_max = math.inf, -math.inf
+    out_points = out_showers = out_layer = 0
+    out_energy = 0.0
     pdg: Counter[int] = Counter()
     geo: Geometry | None = None
     for chunk in chunks:
@@ -289,8 +306,26 @@ def summarize(
             pts_sum += int(k.sum())
             pts_min = int(k.min()) if pts_min is None else min(pts_min, int(k.min()))
             pts_max = int(k.max()) if pts_max is None else max(pts_max, int(k.max()))
+            layers = chunk.points[..., 4][chunk.mask]  # (m,)
+            if layers.size:
+                layer_min = min(layer_min, float(layers.min()))
+                layer_max = max(layer_max, float(layers.max()))
+            if chunk.geometry is not None:
+                outside = chunk.outside_mask()  # (n, P)
+                out_points += int(outside.sum())
+                out_showers += int(outside.any(axis=1).sum())
+                out_energy += float(chunk.points[..., 3][outside].sum(dtype=np.float64))
+                out_layer += int(((layers < 0) | (layers >= chunk.geometry.n_layers)).sum())
     if n == 0:
         raise InputError("the file holds 0 showers", path=p, expected="at least one shower")
+    if fmt == "pointcloud" and geo is not None and out_points:
+        detail = (f", {out_layer:,} of them with a layer index outside 0..{geo.n_layers - 1}"
+                  if out_layer else "")
+        raise InputError(
+            f"points outside geometry {geo.name}: "
+            f"{outside_phrase(out_points, out_energy, out_showers, n)}{detail}", path=p,
+            key="events", expected="points inside the cells of the geometry, or showerformer "
+            "convert --drop-outside to drop them")
     out: dict[str, Any] = {
         "path": str(p),
         "format": fmt,
@@ -311,4 +346,10 @@ def summarize(
         out["mean_points"] = pts_sum / n
         out["min_points"] = pts_min
         out["max_points"] = pts_max
+        if math.isfinite(layer_min):
+            out["layer_min"], out["layer_max"] = int(layer_min), int(layer_max)
+        if geo is not None:
+            out["outside_points"] = out_points
+            out["outside_energy_mev"] = out_energy
+            out["outside_showers"] = out_showers
     return out

@@ -46,6 +46,7 @@ import numpy as np
 from showerformer.errors import InputError, require
 from showerformer.geometry import Geometry, get_geometry
 from showerformer.ild import ILD_ECAL, ILDEcal, ILDGeometry
+from showerformer.io.calochallenge import _check_range
 from showerformer.showers import Conditions, PointShowers
 
 __all__ = ["CellIDDecoder", "edm4hep_collections", "read_edm4hep"]
@@ -272,7 +273,8 @@ def read_edm4hep(
             encoding has a ``layer`` field, else depth).
         n_staves: turn each event about the beam axis by a multiple of ``2 pi / n_staves`` so
             that the primary points at the top stave; None keeps the global orientation.
-        entry_start, entry_stop: the range of events to read.
+        entry_start, entry_stop: the range of events to read (integers >= 0, counted from the
+            first event; None: from the first / to the last).
 
     Returns:
         :class:`PointShowers` (x, y, z in mm, E in MeV, layer), one per event; conditions with
@@ -281,12 +283,15 @@ def read_edm4hep(
         (extra ``rotation``, rad).
 
     Raises:
-        InputError: missing, empty or non-ROOT file, no ``events`` tree, no calorimeter-hit
-            collections (naming the collections found), unknown collections, no MCParticles.
+        InputError: missing, empty or non-ROOT file, no ``events`` tree, no events, no
+            calorimeter-hit collections (naming the collections found), unknown collections,
+            no MCParticles, a negative ``entry_start`` or ``entry_stop``.
     """
     if layer_from not in ("auto", "cellid", "depth"):
         raise InputError(f"layer_from={layer_from!r}", key="layer_from",
                          expected="'auto', 'cellid' or 'depth'")
+    _check_range(0 if entry_start is None else entry_start, entry_stop, path,
+                 keys=("entry_start", "entry_stop"))
     p = Path(path)
     with _open_root(p) as f:
         return _read(f, p, geometry, collections, ecal, layer_from, n_staves, entry_start,
@@ -298,6 +303,9 @@ def _read(f: Any, p: Path, geometry: GeometryLike | None, collections: Sequence[
           entry_stop: int | None) -> PointShowers:
     """The body of :func:`read_edm4hep` on an open file."""
     tree = _events_tree(f, p)
+    if getattr(tree, "num_entries", None) == 0:
+        raise InputError("the file holds 0 showers", path=p, key="events",
+                         expected="at least one event")
     chosen = _choose(_collections_of(tree, _HIT_TYPES), collections, p, tree)
     mc_colls = _collections_of(tree, (_MC_TYPE,))
     if not mc_colls:

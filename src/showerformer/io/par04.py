@@ -54,6 +54,7 @@ from showerformer.geometry import CylindricalGeometry, Geometry, get_geometry
 from showerformer.io.calochallenge import (
     _block_rows,
     _check_energy_block,
+    _check_range,
     _dataset,
     _one_line,
     _open_h5,
@@ -349,8 +350,9 @@ def read_par04(
         geometry: default: the stored geometry, else ``par04`` for 18 x 50 x 45 images
             (``ds2`` for 9 x 16 x 45); any uniform cylindrical geometry whose
             (layers, alpha, r) equals the file's (z, phi, r).
-        start, stop: the showers to read, as in ``showers[start:stop]`` (for the per-energy
-            layout, counted over the datasets in increasing energy).
+        start, stop: the showers to read, as in ``showers[start:stop]`` but integers >= 0
+            counted from the start of the file (for the per-energy layout, over the datasets
+            in increasing energy); ``stop=None`` reads to the end.
         chunk_size: showers converted at once; default about 64 MiB of file data.
         energy_unit: unit of the file's incident energies, overriding the file (``"MeV"`` for
             the named layout, ``"GeV"`` for the per-energy dataset names by default).
@@ -364,10 +366,12 @@ def read_par04(
 
     Raises:
         InputError: missing or unreadable file, missing keys, wrong shapes, lengths that do not
-            match, unknown grid, NaN / inf / negative energies, empty file, unknown units.
+            match, unknown grid, NaN / inf / negative energies, a file of 0 showers, unknown
+            units, a negative ``start`` or ``stop``.
     """
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}", key="chunk_size", expected="an integer >= 1")
+    _check_range(start, stop, path)
     with _open_h5(path, _EXPECTED) as f:
         pf = _Par04File(f, path, geometry, energy_unit=energy_unit, angle_unit=angle_unit,
                         theta=theta)
@@ -393,6 +397,7 @@ def iter_par04(
     """
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}", key="chunk_size", expected="an integer >= 1")
+    _check_range(start, stop, path)
     kw = dict(energy_unit=energy_unit, angle_unit=angle_unit, theta=theta)
     with _open_h5(path, _EXPECTED) as f:
         pf = _Par04File(f, path, geometry, **kw)

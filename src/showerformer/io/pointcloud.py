@@ -75,11 +75,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from showerformer._atomic import atomic_path
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry, get_geometry
 from showerformer.ild import ILD_ECAL, ILDEcal, ILDGeometry
-from showerformer.io.calochallenge import _dataset, _one_line, _open_h5
+from showerformer.io._h5file import create_h5
+from showerformer.io.calochallenge import _check_range, _dataset, _one_line, _open_h5
 from showerformer.showers import Conditions, PointShowers
 
 __all__ = [
@@ -319,6 +319,9 @@ class _PointCloudFile:
         self.f, self.path = f, path
         self.events, channels_last = _events_dataset(f, path)
         self.n = int(self.events.shape[0])
+        if self.n == 0:
+            raise InputError("the file holds 0 showers", path=path, key=EVENTS_KEY,
+                             expected="at least one shower")
         self.energy, energy_shape = _energy_dataset(f, self.n, path)
         self.p_norm, p_transposed = _p_norm_dataset(f, self.n, path)
         if layout is None:
@@ -415,12 +418,13 @@ class _PointCloudFile:
         if lay.depth_unit == "layer":
             assert lay.ecal is not None
             z, layer = lay.ecal.depth_from_layer_units(depth)
+            # a layer coordinate beyond the layers is no layer (-1, outside), not the nearest
+            layer = np.where((depth >= 0) & (depth <= lay.ecal.n_layers), layer, -1)
         else:
             z = depth - lay.depth_offset
             layer = None
         if self.layer is not None:
-            stored = np.asarray(self.layer[lo:hi])
-            layer = stored[rows, slots].astype(np.int64)
+            layer = self._stored_layers(lo, hi, rows, slots)
         elif layer is None:
             if self.geometry is not None:
                 layer = self.geometry.layer_of_z(z)
@@ -439,6 +443,20 @@ class _PointCloudFile:
         showers = PointShowers.from_flat(flat, counts, self._conditions(lo, hi, energy),
                                          self.geometry)
         return showers.validate(self.path, EVENTS_KEY)
+
+    def _stored_layers(self, lo: int, hi: int, rows: np.ndarray,
+                       slots: np.ndarray) -> np.ndarray:
+        """The ``layer`` dataset at the real points, (m,) int64; whole numbers required."""
+        assert self.layer is not None
+        values = np.asarray(self.layer[lo:hi])[rows, slots]  # (m,)
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values) | (np.rint(values) != values) | (np.abs(values) > 2**31)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputError(f"layer index {float(values[i])!r} at shower "
+                                 f"{lo + int(rows[i])}, point {int(slots[i])}", path=self.path,
+                                 key="layer", expected="whole-number layer indices")
+        return values.astype(np.int64)
 
     def _check_points(self, pts: np.ndarray, rows: np.ndarray, slots: np.ndarray,
                       lo: int) -> None:
@@ -511,18 +529,23 @@ def read_pointcloud(
         geometry: the geometry of the returned showers (a Geometry, a preset name or
             ``"ild-ecal"``); default: the stored one, else :class:`~showerformer.ild.ILDGeometry`
             for ILD layouts, else None.
-        start, stop: the slice of showers to read.
+        start, stop: the slice of showers to read, integers >= 0 counted from the start of
+            the file (``stop=None``: to the end).
         layout: how the file stores points; default: the stored layout, else detected.
 
     Returns:
         :class:`PointShowers` with x, y, z in mm (z = depth from the front face), E in MeV and
         the layer index (from the ``layer`` dataset, the layer coordinate, or the depth), padded
-        to the largest number of points among the showers read.
+        to the largest number of points among the showers read. Points outside the geometry
+        are kept as they are (a layer coordinate beyond the layers gets layer -1):
+        :meth:`PointShowers.count_outside` counts them and ``to_voxels`` refuses or drops them.
 
     Raises:
-        InputError: missing, empty, truncated or non-HDF5 file, missing ``events`` /
-            ``energy``, wrong shapes, NaN/inf or negative energies.
+        InputError: missing, empty, truncated or non-HDF5 file, a file of 0 showers, missing
+            ``events`` / ``energy``, wrong shapes, NaN/inf or negative energies, layer indices
+            that are not whole numbers, a negative ``start`` or ``stop``.
     """
+    _check_range(start, stop, path)
     with _open_h5(path, _EXPECTED) as f:
         pc = _PointCloudFile(f, path, geometry, layout)
         lo, hi = _bounds(start, stop, pc.n)
@@ -550,6 +573,7 @@ def iter_pointcloud(
     size = int(chunk_size or _DEFAULT_CHUNK)
     if size < 1:
         raise InputError(f"chunk_size={size}", key="chunk_size", expected="an integer >= 1")
+    _check_range(start, stop, path)
     with _open_h5(path, _EXPECTED) as f:
         pc = _PointCloudFile(f, path, geometry, layout)
         lo, hi = _bounds(start, stop, pc.n)
@@ -594,9 +618,17 @@ def write_pointcloud(
 
     Returns:
         The path written.
+
+    Raises:
+        InputError: no showers, more points than ``max_points``, conditions named like the
+            datasets, points in no layer for the layer-coordinate layout.
+        OutputError: the disk became full (the earlier file, if any, is left unchanged).
     """
     lay = layout or _default_layout(showers)
     p = Path(path)
+    if len(showers) == 0:
+        raise InputError("no showers to write", path=p, key="showers",
+                         expected="at least one shower")
     counts = showers.n_points
     n_max = int(counts.max(initial=0))
     slots = n_max if max_points is None else int(max_points)
@@ -625,9 +657,17 @@ def write_pointcloud(
         bad = (layer < 0) | (layer >= n_layers)
         if bad.any():
             # points without a valid layer column take the layer of their depth
-            from_z = lay.ecal.layer_of_depth(pts[bad, 2])
-            layer[bad] = np.where(from_z >= 0, from_z,
-                                  np.where(pts[bad, 2] < 0, 0, n_layers - 1))
+            layer[bad] = lay.ecal.layer_of_depth(pts[bad, 2])
+            nowhere = layer < 0
+            if nowhere.any():  # moving them into the first or last layer would falsify them
+                k, e = int(nowhere.sum()), float(pts[nowhere, 3].sum())
+                raise InputError(
+                    f"{k:,} point{'s' if k != 1 else ''} ({e:.4g} MeV) in no layer of "
+                    f"{lay.ecal.name} (layer index and depth both outside), which the layer "
+                    "coordinate cannot store", path=p, key="layer",
+                    expected="points inside the layers (drop them with "
+                    "PointShowers.drop_outside(), or convert --drop-outside), or a layout "
+                    "with depth_unit='mm'")
         out[rows, pos, lay.depth_column] = lay.ecal.layer_units_from_depth(pts[:, 2], layer)
     else:
         out[rows, pos, lay.depth_column] = (pts[:, 2] + lay.depth_offset).astype(np.float32)
@@ -639,7 +679,7 @@ def write_pointcloud(
     energy = {"column": energy[:, None], "flat": energy, "row": energy[None, :]}[lay.energy_shape]
     p_norm = _p_norm_local(cond)  # (3, N)
     has_direction = all(k in cond.extra for k in _P_NORM_EXTRA)
-    with atomic_path(p) as tmp, h5py.File(tmp, "w") as f:
+    with create_h5(p) as (f, _):
         f.create_dataset(EVENTS_KEY, data=out)
         f.create_dataset(ENERGY_KEY, data=energy)
         if has_direction or lay.depth_unit == "layer":

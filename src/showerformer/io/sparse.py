@@ -31,6 +31,7 @@ from showerformer.errors import InputError
 from showerformer.geometry import Geometry, get_geometry
 from showerformer.io.calochallenge import (
     ENERGY_KEY,
+    _check_range,
     _dataset,
     _open_h5,
     _read_conditions,
@@ -139,8 +140,10 @@ class SparseVoxelFile:
         in_memory: load all hits at opening.
 
     Raises:
-        InputError: a missing key, inconsistent offsets, a cell index out of range, or NaN,
-            inf or negative energies, naming the file and the key.
+        InputError: a missing key, 0 showers, inconsistent offsets, a cell index out of range
+            or twice in a shower, or NaN, inf or negative energies, naming the file and the
+            key. Without ``in_memory`` the hits are checked when read (or by
+            :meth:`validate`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, geometry: Any = None,
@@ -153,12 +156,26 @@ class SparseVoxelFile:
 
     def _load(self, f: h5py.File, geometry: Any) -> None:
         path = self.path
-        offsets = _dataset(f, OFFSETS_KEY, path, "(N + 1,) int64 hit offsets")[:]
-        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or np.any(
-                np.diff(offsets) < 0):
-            raise InputError(f"offsets of shape {offsets.shape} not starting at 0 and "
-                             "non-decreasing", path=path, key=OFFSETS_KEY,
-                             expected="(N + 1,) non-decreasing offsets from 0")
+        offsets_ds = _dataset(f, OFFSETS_KEY, path, "(N + 1,) int64 hit offsets")
+        if offsets_ds.dtype.kind not in "iu":
+            raise InputError(f"dtype {offsets_ds.dtype}", path=path, key=OFFSETS_KEY,
+                             expected="integer hit offsets")
+        offsets = np.asarray(offsets_ds[()]).astype(np.int64)
+        if offsets.ndim != 1:
+            raise InputError(f"shape {offsets.shape}", path=path, key=OFFSETS_KEY,
+                             expected="(N + 1,) hit offsets")
+        if len(offsets) < 2:
+            raise InputError("the file holds 0 showers", path=path, key=OFFSETS_KEY,
+                             expected="at least one shower")
+        if offsets[0] != 0:
+            raise InputError(f"first offset {int(offsets[0])}", path=path, key=OFFSETS_KEY,
+                             expected="offsets starting at 0")
+        step = np.diff(offsets)
+        if (step < 0).any():
+            i = int(np.flatnonzero(step < 0)[0])
+            raise InputError(f"offset {int(offsets[i + 1])} of shower {i + 1} after "
+                             f"{int(offsets[i])}", path=path, key=OFFSETS_KEY,
+                             expected="non-decreasing offsets (hits per shower >= 0)")
         n = len(offsets) - 1
         n_hits = int(offsets[-1])
         cell_ds = _dataset(f, CELL_KEY, path, "(H,) integer cell indices")
@@ -171,20 +188,29 @@ class SparseVoxelFile:
             raise InputError(f"dtype {cell_ds.dtype}", path=path, key=CELL_KEY,
                              expected="integer cell indices")
         inc = _dataset(f, ENERGY_KEY, path, "(N, 1) incident energies in MeV")
+        if not (inc.ndim == 1 or (inc.ndim == 2 and inc.shape[1] == 1)):
+            raise InputError(f"shape {inc.shape}", path=path, key=ENERGY_KEY,
+                             expected=f"({n}, 1) incident energies in MeV")
         if inc.shape[0] != n:
             raise InputError(f"{inc.shape[0]} incident energies for {n} showers", path=path,
                              key=ENERGY_KEY, expected=f"{n} rows, one per shower")
-        energy = np.asarray(inc[:], dtype=np.float64).reshape(n, -1)[:, 0]
-        if not (np.isfinite(energy).all() and (energy > 0).all()):
-            raise InputError("NaN, inf or non-positive incident energies", path=path,
-                             key=ENERGY_KEY, expected="positive energies in MeV")
+        energy = np.asarray(inc[()], dtype=np.float64).reshape(n)
+        bad = ~np.isfinite(energy) | (energy <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"invalid incident energy {float(energy[i])!r} at shower {i}",
+                             path=path, key=ENERGY_KEY, expected="finite energies > 0 MeV")
+        stored = _stored_geometry(f, path)
         if geometry is not None:
             geo = get_geometry(geometry)
+            if stored is not None and stored.n_cells != geo.n_cells:
+                raise InputError(f"geometry {geo.name} has {geo.n_cells} cells, the file's "
+                                 f"{stored.name} {stored.n_cells}", path=path, key="geometry",
+                                 expected=f"a geometry of {stored.n_cells} cells")
+        elif stored is None:
+            raise InputError("no geometry stored", path=path, key="geometry_json (attribute)",
+                             expected="a stored geometry, or pass geometry=")
         else:
-            stored = _stored_geometry(f, path)
-            if stored is None:
-                raise InputError("no geometry stored", path=path, key="geometry_json (attribute)",
-                                 expected="a stored geometry, or pass geometry=")
             geo = stored
         self.geometry: Geometry = geo
         self.offsets = offsets.astype(np.int64)
@@ -198,18 +224,61 @@ class SparseVoxelFile:
             self._energies = energy_ds[:].astype(np.float32)
             self._check_hits(self._cells, self._energies, 0)
 
+    def _shower_of_hit(self, hit: int) -> int:
+        return int(np.searchsorted(self.offsets, hit, side="right")) - 1
+
     def _check_hits(self, cells: np.ndarray, energies: np.ndarray, first: int) -> None:
-        if len(cells) and (cells.min() < 0 or cells.max() >= self.geometry.n_cells):
-            bad = int(np.flatnonzero((cells < 0) | (cells >= self.geometry.n_cells))[0])
-            raise InputError(f"cell index {int(cells[bad])} at hit {first + bad}", path=self.path,
+        """Raise for hits ``first : first + len(cells)`` with a cell index outside the
+        geometry, a cell twice or out of order within a shower, or a NaN, inf or negative
+        energy."""
+        n_cells = self.geometry.n_cells
+        if len(cells) and (cells.min() < 0 or cells.max() >= n_cells):
+            bad = int(np.flatnonzero((cells < 0) | (cells >= n_cells))[0])
+            raise InputError(f"cell index {int(cells[bad])} at hit {first + bad} (shower "
+                             f"{self._shower_of_hit(first + bad)})", path=self.path,
                              key=CELL_KEY,
-                             expected=f"indices in [0, {self.geometry.n_cells}) of "
-                             f"{self.geometry.name}")
+                             expected=f"indices in [0, {n_cells}) of {self.geometry.name}")
+        if len(cells) > 1:
+            order = np.diff(cells) <= 0  # (h - 1,): hit k + 1 does not follow hit k
+            if order.any():
+                # a new shower may start anywhere: hit k + 1 begins one when it is an offset
+                a = np.searchsorted(self.offsets, first, side="right")
+                b = np.searchsorted(self.offsets, first + len(cells), side="left")
+                order[self.offsets[a:b] - first - 1] = False
+            if order.any():
+                k = int(np.flatnonzero(order)[0])
+                raise InputError(f"cell {int(cells[k + 1])} after cell {int(cells[k])} at hit "
+                                 f"{first + k + 1} (shower {self._shower_of_hit(first + k + 1)})",
+                                 path=self.path, key=CELL_KEY,
+                                 expected="increasing cell indices within a shower, each cell "
+                                 "once")
         ok = np.isfinite(energies) & (energies >= 0)
         if not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
-            raise InputError(f"energy {energies[bad]} at hit {first + bad}", path=self.path,
+            raise InputError(f"energy {energies[bad]} at hit {first + bad} (shower "
+                             f"{self._shower_of_hit(first + bad)})", path=self.path,
                              key=HIT_ENERGY_KEY, expected="finite, non-negative MeV")
+
+    def validate(self, chunk_hits: int = 1 << 22) -> SparseVoxelFile:
+        """Check every hit (cell indices inside the geometry, each cell once and in order
+        within a shower, finite non-negative energies), reading ``chunk_hits`` at a time.
+
+        Files opened ``in_memory`` were checked at opening; otherwise hits are checked when
+        read, and this checks them all at once (``showerformer info`` does).
+
+        Returns:
+            The file itself.
+
+        Raises:
+            InputError: naming the file, the key, the hit and the shower.
+        """
+        if self._cells is not None:
+            return self
+        n_hits = self.n_hits
+        for lo in range(0, n_hits, max(2, int(chunk_hits))):
+            # one hit of overlap, so that the order check spans the chunk boundary
+            self.hit_range(max(0, lo - 1), min(n_hits, lo + max(2, int(chunk_hits))))
+        return self
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -276,7 +345,9 @@ class SparseVoxelFile:
         return out
 
     def read(self, start: int = 0, stop: int | None = None) -> VoxelShowers:
-        """Showers ``start:stop`` as dense :class:`VoxelShowers`."""
+        """Showers ``start:stop`` (integers >= 0, ``stop=None``: to the end) as dense
+        :class:`VoxelShowers`."""
+        _check_range(start, stop, self.path)
         lo, hi, _ = slice(start, stop).indices(len(self))
         idx = np.arange(lo, max(lo, hi))
         return VoxelShowers(self.dense(idx), self.conditions[idx], self.geometry)
@@ -284,8 +355,15 @@ class SparseVoxelFile:
 
 def read_sparse(path: str | os.PathLike[str], start: int = 0, stop: int | None = None, *,
                 geometry: Any = None) -> VoxelShowers:
-    """Showers ``start:stop`` of a sparse voxel file, densified."""
-    return SparseVoxelFile(path, geometry=geometry, in_memory=False).read(start, stop)
+    """Showers ``start:stop`` of a sparse voxel file, densified.
+
+    Raises:
+        InputError: a bad file (see :class:`SparseVoxelFile`), a file of 0 showers, a
+            negative ``start`` or ``stop``.
+    """
+    _check_range(start, stop, path)
+    with SparseVoxelFile(path, geometry=geometry, in_memory=False) as f:
+        return f.read(start, stop)
 
 
 def iter_sparse(path: str | os.PathLike[str], chunk_size: int = 1024, *, start: int = 0,
@@ -293,6 +371,7 @@ def iter_sparse(path: str | os.PathLike[str], chunk_size: int = 1024, *, start: 
     """Dense chunks of ``chunk_size`` showers of a sparse voxel file."""
     if chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}", key="chunk_size", expected="at least 1")
+    _check_range(start, stop, path)
     f = SparseVoxelFile(path, geometry=geometry, in_memory=False)
     try:
         lo, hi, _ = slice(start, stop).indices(len(f))
@@ -311,8 +390,10 @@ def is_sparse_file(f: h5py.File) -> bool:
 
 
 def sparse_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Shower count, hits and geometry of a sparse voxel file (no hits loaded)."""
-    f = SparseVoxelFile(path, in_memory=False)
+    """Shower count, hits and geometry of a sparse voxel file (hits checked chunk by chunk,
+    never all loaded)."""
+    with SparseVoxelFile(path, in_memory=False) as f:
+        f.validate()
     counts = f.counts
     return {"showers": len(f), "hits": f.n_hits, "geometry": f.geometry.name,
             "hits_per_shower_mean": float(counts.mean()) if len(counts) else 0.0,
