@@ -149,3 +149,54 @@ def test_checkpoint_round_trip(family: str, tmp_path: Any) -> None:
             assert torch.equal(model.predict(batch["voxels"]), loaded.predict(batch["voxels"]))  # type: ignore[operator]
         else:
             assert torch.equal(model.loss(batch, generator=g1), loaded.loss(batch, generator=g2))  # type: ignore[operator]
+
+
+def _bad_values(tp: Any) -> list[Any]:
+    """Values every config field of annotation ``tp`` must refuse."""
+    import typing
+
+    if tp is int or tp == int | None:
+        return ["12", 2.5, -4]
+    if tp is float:
+        return ["fast", float("nan"), True]
+    if tp is str:
+        return ["bogus", 3]
+    if typing.get_origin(tp) is tuple:
+        return ["12", ["12"], [-4]]
+    if typing.get_origin(tp) is dict:
+        return ["d_model: 12"]
+    return []
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_config_refuses_wrong_types_and_ranges(family: str) -> None:
+    """Every field rejects a value of the wrong type (a string for a width, as an edited
+    checkpoint.json may hold), negative sizes and unknown names, naming the field."""
+    import dataclasses
+    import typing
+
+    from showerformer.errors import InputError
+
+    cls = get_model_class(family).config_class  # type: ignore[attr-defined]
+    overrides, _ = FAMILIES[family]
+    hints = typing.get_type_hints(cls)
+    checked = 0
+    for f in dataclasses.fields(cls):
+        if f.name == "particles":
+            continue  # any distinct non-zero ids are valid; checked below
+        for value in _bad_values(hints[f.name]):
+            with pytest.raises(InputError) as info:
+                cls.from_dict({**overrides, f.name: value})
+            assert info.value.key == f.name, (f.name, value, str(info.value))
+            checked += 1
+    assert checked >= 6
+    for bad in ([], [11, 11], [0], ["e-"]):
+        if "particles" in hints:
+            with pytest.raises(InputError, match="particles"):
+                cls.from_dict({**overrides, "particles": bad})
+    if family == "point-flow":  # the sections name the nested key
+        for section, key in (("shower", "d_model"), ("shower", "dropout"), ("counts", "hidden")):
+            value = {"d_model": "32", "dropout": 1.0, "hidden": -4}[key]
+            with pytest.raises(InputError) as info:
+                cls.from_dict({**overrides, section: {**overrides[section], key: value}})
+            assert info.value.key == f"{section}.{key}"

@@ -249,3 +249,88 @@ def test_generated_energy_outliers_are_clipped(files: dict[str, Path]) -> None:
     out = pre.inverse(feats, np.zeros((1, 1), int), np.ones((1, 1), bool))
     assert out[0, 0, 3] == pytest.approx(2.0 * ds.points[:, 3].max(), rel=1e-5)
     assert Preprocessing.from_dict(pre.to_dict()).log_energy_max == pre.log_energy_max
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("theta", ["3", "177", "200", "-10", "10:179"])
+def test_theta_limits_are_the_simulators(theta: str) -> None:
+    from showerformer.simulation import Simulator
+    from showerformer.training.point_flow import parse_theta
+
+    with pytest.raises(InputError, match="theta"):
+        Simulator("ds2", theta=theta)
+    with pytest.raises(InputError, match=r"key '--theta'.*4-176 deg"):
+        parse_theta(theta, (1.0, 1.0))
+
+
+def test_sample_options_are_checked() -> None:
+    from showerformer.simulation import Simulator
+    from showerformer.training.point_flow import check_sample_options, parse_theta
+
+    Simulator("ds2", theta="5:175")  # accepted by both
+    lo, hi = parse_theta("5:175", (1.0, 1.0))
+    assert lo == pytest.approx(np.radians(5)) and hi == pytest.approx(np.radians(175))
+    check_sample_options(n=1, particle="e-,211", energy="1-10", spectrum="uniform", theta="90",
+                         phi="0:360", format="pointcloud", seed=0, steps=1, sampler="heun",
+                         batch_size=1)
+    for kw, key in (({"n": 0}, "--n"), ({"steps": 0}, "--steps"), ({"batch_size": 0},
+                    "--batch-size"), ({"sampler": "rk4"}, "--sampler"),
+                    ({"spectrum": "flat"}, "--spectrum"), ({"spectrum": "discrete"}, "--spectrum"),
+                    ({"energy": "-5"}, "--energy"), ({"energy": "5:1"}, "--energy"),
+                    ({"particle": "e-,"}, "--particle"), ({"particle": "muon"}, "--particle"),
+                    ({"phi": "400"}, "--phi"), ({"format": "root"}, "--format"),
+                    ({"seed": -2}, "--seed")):
+        with pytest.raises(InputError) as info:
+            check_sample_options(**{"n": 1, **kw})
+        assert info.value.key == key, (kw, str(info.value))
+
+
+def test_sample_conditions_stay_in_the_training_range() -> None:
+    info = {"model_config": {"particles": [22]},
+            "metadata": {"conditions": {"pdg": [22], "energy_mev": [1e3, 2e3],
+                                        "theta": [1.0, 1.0], "phi": [0.5, 0.7]}}}
+    c = sample_conditions(info, 50, energy="2.1")  # within the 10 % margin
+    assert np.allclose(c.energy, 2100.0)
+    with pytest.raises(InputError, match=r"key '--energy'.*outside the training range 1-2 GeV"):
+        sample_conditions(info, 5, energy="1-3")
+    c = sample_conditions(info, 200, spectrum="uniform")  # the training range, uniform
+    assert 1e3 <= c.energy.min() and c.energy.max() <= 2e3
+    assert abs(np.mean(c.energy) - 1.5e3) < 100  # uniform, not log-uniform (mean 1443)
+    with pytest.raises(InputError, match=r"key '--n'"):
+        sample_conditions(info, 0)
+
+
+def test_point_data_checks(files: dict[str, Path], tmp_path: Path) -> None:
+    from showerformer.training.point_flow import check_layers, check_particles_known
+
+    with pytest.raises(InputError, match="max_showers"):
+        load_point_dataset(files["multi"], max_showers=0)
+    ds = load_point_dataset(files["multi"], max_showers=6)
+    assert ds.path == str(files["multi"]) and ds.subset([1, 2]).path == ds.path
+    check_layers(ds, 64)
+    with pytest.raises(InputError, match=r"multi.h5, key 'layer'.*0..9"):
+        check_layers(ds, 10)
+    with pytest.raises(InputError, match=r"multi.h5, key 'pdg'.*run.yaml"):
+        check_particles_known(ds, (22,), "run.yaml")
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["pad_multiple"] = 0
+    with pytest.raises(InputError, match=r"key 'data.pad_multiple'"):
+        train_point_flow(files["multi"], cfg, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match=r"key '--layer-window'"):
+        train_point_flow(files["multi"], TINY, tmp_path / "run", layer_window=-2, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_generate_checks_its_arguments_first() -> None:
+    model = PointFlow(PointFlowConfig(n_layers_calo=3, shower={"d_model": 8, "n_heads": 1,
+                                                               "n_layers": 1},
+                                      counts={"hidden": 8, "depth": 1}))
+    ds_conditions = sample_conditions({"model_config": {"particles": [11]},
+                                       "metadata": {}}, 2)
+    for kw, key in (({"batch_size": 0}, "batch_size"), ({"steps": 0}, "steps"),
+                    ({"sampler": "rk4"}, "sampler")):
+        with pytest.raises(InputError) as info:
+            model.generate(ds_conditions, None, **kw)  # type: ignore[arg-type]
+        assert info.value.key == key

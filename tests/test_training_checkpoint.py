@@ -24,12 +24,7 @@ TINY = ParticleCNNTransformerConfig(grid=16, d_model=12, n_heads=1, mlp_ratio=2,
                                     head_hidden=(8,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _voxel_data(n: int, seed: int = 0) -> TensorDictDataset:
@@ -199,3 +194,100 @@ def test_bad_and_missing_checkpoints(trained, tmp_path) -> None:
     (root / "last.json").write_text(json.dumps({"checkpoint": "step-0000009"}))
     with pytest.raises(InputError, match=r"last.json.*missing checkpoint 'step-0000009'"):
         load_checkpoint(root)
+
+
+def test_pointers_are_read_strictly(trained, tmp_path) -> None:
+    _, result, _ = trained
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(result.checkpoint, root / "step-0000004")
+    for text, pattern in (("garbage", "not JSON"), ('["step-0000004"]', "pointer"),
+                          ('{"checkpoint": "../../elsewhere"}', "elsewhere"),
+                          ('{"checkpoint": 4}', "pointer"), ("", "not JSON")):
+        (root / "last.json").write_text(text)
+        with pytest.raises(InputError, match=rf"last.json, key 'checkpoint'.*{pattern}"):
+            ckpt.read_pointer(root)
+        with pytest.raises(InputError, match=r"last\.json"):
+            ckpt.resume_folder(root)
+    ckpt.write_pointer(root, root / "step-0000004")
+    assert ckpt.read_pointer(root) == ckpt.resume_folder(root) == root / "step-0000004"
+    (root / "best.json").write_text("{")
+    with pytest.raises(InputError, match=r"best.json, key 'checkpoint'"):
+        ckpt.resume_folder(root)  # the resumed run keeps the best folder: it must be named
+
+
+def test_resume_folder_and_has_checkpoints(trained, tmp_path) -> None:
+    _, result, _ = trained
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    assert not ckpt.has_checkpoints(root) and ckpt.resume_folder(root) is None
+    root.mkdir()
+    (root / "notes.txt").write_text("not a checkpoint")
+    assert not ckpt.has_checkpoints(root) and ckpt.resume_folder(root) is None
+    (root / "step-0000002").mkdir()  # a folder without its JSON is damage, not a fresh start
+    assert ckpt.has_checkpoints(root)
+    with pytest.raises(InputError, match=r"step-0000002/checkpoint.json.*without its JSON"):
+        ckpt.resume_folder(root)
+    shutil.copytree(result.checkpoint, root / "step-0000004")
+    assert ckpt.resume_folder(root) == root / "step-0000004"  # no pointer: the newest folder
+
+
+def test_checkpoint_json_entries_are_checked(trained, tmp_path) -> None:
+    _, result, _ = trained
+    import shutil
+
+    d = tmp_path / "step-0000004"
+    shutil.copytree(result.checkpoint, d)
+    good = json.loads((d / "checkpoint.json").read_text())
+    for change, key in (({"format_version": "one"}, "format_version"),
+                        ({"files": {"model": "../model.safetensors"}}, "files.model"),
+                        ({"files": ["model.safetensors"]}, "files"),
+                        ({"state": 4}, "state")):
+        (d / "checkpoint.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(InputError, match=rf"checkpoint.json, key '{key}'"):
+            ckpt.read_checkpoint_info(d)
+
+
+def test_check_rng_states_leaves_the_process_state() -> None:
+    states = [ckpt.capture_rng_state()]
+    before = torch.get_rng_state()
+    random_before = random.getstate()
+    ckpt.check_rng_states(states, "c.json")
+    ckpt.check_rng_states(None, "c.json")
+    assert torch.equal(torch.get_rng_state(), before) and random.getstate() == random_before
+    broken = [dict(states[0], torch="not base64 of a state")]
+    with pytest.raises(InputError, match=r"c.json, key 'rng\[0\]'"):
+        ckpt.check_rng_states(broken, "c.json")
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(InputError, match=r"key 'rng'.*list"):
+        ckpt.check_rng_states({"python": 1}, "c.json")
+
+
+def test_full_disk_in_safetensors_is_an_os_error(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import safetensors
+    import safetensors.torch
+
+    net = NoisyNet()
+    first = ckpt.save_checkpoint(tmp_path, 1, model=net, info={"family": None})
+
+    def full(*_a, **_k):
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, "
+                                          "kind: StorageFull, message: \"No space left\" })")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(tmp_path, 2, model=net, info={"family": None})
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "step-0000001"]
+    assert ckpt.resolve_checkpoint(tmp_path) == first
+
+    def other(*_a, **_k):
+        raise safetensors.SafetensorError("some other problem")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", other)
+    with pytest.raises(safetensors.SafetensorError):
+        ckpt.save_checkpoint(tmp_path, 2, model=net, info={"family": None})

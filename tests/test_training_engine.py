@@ -23,13 +23,7 @@ from showerformer.training import (
 )
 from showerformer.training.engine import LOG_COLUMNS, autocast_dtype
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(out, **kw) -> TrainConfig:
@@ -262,3 +256,113 @@ def test_yaml_missing_file_and_good_file(tmp_path) -> None:
     assert run.train.epochs == 2 and run.train.lr == 1e-3 and run.train.ema_decay is None
     assert run.data == {"val_fraction": 0.2} and run.path == str(path)
     assert TrainConfig.from_yaml(path).epochs == 2
+
+
+# ---------------------------------------------------------------------------- run folders
+
+
+def _files(root) -> dict:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _small(out, **kw):
+    train, val = regression_data(16, 8)
+    torch.manual_seed(0)
+    cfg = _config(out, **{"epochs": 1, "ema_decay": None, "checkpoint_every": None, **kw})
+    return Trainer(NoisyNet(), train, val, cfg, progress=False)
+
+
+def test_fresh_run_never_replaces_checkpoints(tmp_path) -> None:
+    from showerformer.errors import OutputError
+
+    _small(tmp_path).fit()
+    before = _files(tmp_path)
+    with pytest.raises(OutputError, match=r"--out .*earlier run.*--resume.*--overwrite"):
+        _small(tmp_path).fit()
+    assert _files(tmp_path) == before
+    (tmp_path / "checkpoints" / "last.json").write_text("garbage")  # still a run: refused
+    with pytest.raises(OutputError, match="earlier run"):
+        _small(tmp_path).fit()
+    result = _small(tmp_path, seed=1).fit(overwrite=True)  # explicit: replaced
+    assert result.step == 2 and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) \
+        == ["best.json", "last.json", "step-0000002"]
+    assert json.loads((tmp_path / "train_config.json").read_text())["seed"] == 1
+    with pytest.raises(InputError, match="--overwrite"):
+        _small(tmp_path).fit(resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize(("damage", "pattern"), [
+    (lambda r: (r / "checkpoints" / "last.json").write_text('{"checkpoint": "step-'),
+     r"last.json, key 'checkpoint'"),
+    (lambda r: (r / "checkpoints" / "step-0000002" / "checkpoint.json").write_text("{"),
+     r"step-0000002/checkpoint.json: unreadable"),
+    (lambda r: (r / "checkpoints" / "step-0000002" / "model.safetensors").unlink(),
+     r"key 'files.model'"),
+    (lambda r: (r / "log.csv").write_bytes(b"\xff\xfe\x00garbage"), r"log.csv"),
+])
+def test_resume_with_damaged_metadata_changes_nothing(tmp_path, damage, pattern) -> None:
+    _small(tmp_path).fit()
+    damage(tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(InputError, match=pattern):
+        _small(tmp_path).fit(resume=True)
+    assert _files(tmp_path) == before
+
+
+def test_resume_checks_the_model_config(tmp_path) -> None:
+    from showerformer.models.particle_cnn_transformer import (
+        ParticleCNNTransformer,
+        ParticleCNNTransformerConfig,
+    )
+
+    def run(d_model: int) -> Trainer:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        data = TensorDictDataset({"voxels": torch.rand(8, 16, 16, 16, generator=g),
+                                  "target": torch.rand(8, generator=g)})
+        cfg = ParticleCNNTransformerConfig(grid=16, d_model=d_model, n_heads=1, mlp_ratio=2,
+                                           cnn_channels=(4, 4, 8, 12), cnn_depths=(0, 0, 1, 1),
+                                           head_hidden=(8,))
+        return Trainer(ParticleCNNTransformer(cfg), data, None,
+                       _config(tmp_path, epochs=1, batch_size=4, ema_decay=None,
+                               checkpoint_every=None), progress=False)
+
+    run(12).fit()
+    before = _files(tmp_path)
+    with pytest.raises(InputError, match=r"checkpoint.json, key 'model_config.d_model': 12 in "
+                                         r"the checkpoint, 18 in this run"):
+        run(18).fit(resume=True)
+    assert _files(tmp_path) == before
+
+
+def test_full_disk_keeps_the_earlier_checkpoint(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from showerformer.errors import OutputError
+    from showerformer.training import checkpoint as ckpt
+
+    _small(tmp_path).fit()
+    saved = _files(tmp_path / "checkpoints")
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_save_module", full)
+    with pytest.raises(OutputError, match=r"--out .*disk became full") as info:
+        _small(tmp_path, epochs=2).fit(resume=True)
+    assert isinstance(info.value.__cause__, OSError)
+    assert _files(tmp_path / "checkpoints") == saved
+
+
+def test_check_setting_and_seed() -> None:
+    from showerformer.training.engine import check_setting
+
+    assert check_setting("3e-4", float, "lr") == 3e-4
+    assert check_setting(None, int | None, "k") is None
+    with pytest.raises(InputError, match=r"run.yaml, key 'data.k': '8' is a string \(expected "
+                                         r"an integer"):
+        check_setting("8", int, "data.k", "run.yaml")
+    with pytest.raises(InputError, match=r"key 'lr'.*finite"):
+        check_setting(float("nan"), float, "lr")
+    with pytest.raises(InputError, match=r"key 'seed'.*non-negative"):
+        TrainConfig(epochs=1, seed=-1)

@@ -4,12 +4,12 @@ train / predict commands and the shipped YAML configs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import torch
 import typer
 from training_helpers import tiny_regressor_config, write_cube_file
 from typer.testing import CliRunner
@@ -24,12 +24,7 @@ from showerformer.training.regressor import build_regressor, predict_file, train
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +146,49 @@ def test_shipped_configs(tmp_path, name, grid, params) -> None:
     model = build_regressor(run, SparseVoxelDataset(path))
     assert model.config.grid == grid
     assert sum(p.numel() for p in model.parameters()) > params
+
+
+def test_data_is_checked_before_training(cube, tmp_path) -> None:
+    import yaml
+
+    from showerformer.training.regressor import regression_datasets
+
+    nan = tmp_path / "nan.h5"
+    shutil.copy(cube, nan)
+    with h5py.File(nan, "r+") as f:
+        f["momentum"][5] = np.inf
+    with pytest.raises(InputError, match=r"nan.h5, key 'momentum': 1 of 40 targets are NaN or "
+                                         r"infinite \(first at event 5\)"):
+        regression_datasets(nan, val_fraction=0.25)
+    with pytest.raises(InputError, match=r"nan.h5, key 'momentum'"):
+        regression_datasets(cube, val_data=nan)
+    with pytest.raises(InputError, match=r"key '--val-fraction'.*\[0, 1\)"):
+        regression_datasets(cube, val_fraction=1.0)
+    train, val = regression_datasets(cube, val_fraction=0)
+    assert len(train) == 40 and val is None
+    # the data: section names the config file and the key
+    for key, value, pattern in (("target_scale", -1.0, "positive"),
+                                ("in_memory", "yes", "true or false"),
+                                ("val_fraction", 2, r"\[0, 1\)")):
+        cfg = tiny_regressor_config()
+        cfg["data"][key] = value
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(InputError, match=rf"run.yaml, key 'data.{key}'.*{pattern}"):
+            train_regressor(cube, path, tmp_path / "out", progress=False)
+    cfg = tiny_regressor_config(batch_size=32)  # 30 training events: not one batch
+    with pytest.raises(InputError, match=r"cube16.h5, key 'showers': 30 training samples, "
+                                         r"fewer than train.batch_size=32"):
+        train_regressor(cube, cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written before the checks
+
+
+def test_predict_checks_its_options_before_work(run, cube, tmp_path) -> None:
+    from showerformer.errors import OutputError
+
+    _, out = run
+    with pytest.raises(InputError, match=r"key '--batch-size'"):
+        predict_file(out, cube, tmp_path / "p.h5", batch_size=0, device="cpu")
+    with pytest.raises(OutputError, match="is a directory"):
+        predict_file(out, cube, tmp_path, device="cpu")
+    assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,8 @@ from showerformer.nn.norms import LayerScale, RMSNorm, drop_path
 from showerformer.training import TensorDictDataset, TrainConfig, Trainer
 
 __all__ = ["NoisyNet", "ScalarModel", "SmoothMLP", "ddp_config", "regression_data", "run_smooth",
-           "tiny_regressor_config", "write_cube_file"]
+           "tiny_point_flow_config", "tiny_regressor_config", "write_cube_file",
+           "write_empty_sparse_file"]
 
 
 class NoisyNet(nn.Module):
@@ -117,6 +118,36 @@ def write_cube_file(path: str | Path, n: int = 40, grid: int = 16, seed: int = 0
         e[i, cells] = rng.exponential(p[i] / 3000.0, 30)
     write_sparse(path, VoxelShowers(e, Conditions(p, extra={"momentum": p}), geo))
     return Path(path)
+
+
+def write_empty_sparse_file(path: str | Path, grid: int = 16) -> Path:
+    """A sparse voxel file with the layout of :func:`write_cube_file` but zero events (the
+    writers refuse to write one, so its datasets are emptied afterwards)."""
+    import h5py
+
+    write_cube_file(path, n=1, grid=grid)
+    with h5py.File(path, "r+") as f:
+        for key in list(f):
+            ds = f[key]
+            shape, dtype, attrs = ds.shape, ds.dtype, dict(ds.attrs)
+            del f[key]
+            if key == "offsets":
+                f.create_dataset(key, data=np.zeros(1, dtype))
+            else:
+                f.create_dataset(key, shape=(0, *shape[1:]), dtype=dtype)
+            f[key].attrs.update(attrs)
+    return Path(path)
+
+
+def tiny_point_flow_config(**train: object) -> dict:
+    """A run config of a small PanShower + PointCountFM (d_model 32, two blocks) for CPU tests."""
+    cfg = {"lr": 1e-3, "max_steps": 2, "batch_size": 8, "checkpoint_every": None,
+           "log_every": 1, "tensorboard": False, "device": "cpu", "precision": "fp32"}
+    cfg.update(train)
+    return {"model": {"family": "point-flow",
+                      "shower": {"d_model": 32, "n_heads": 2, "n_layers": 2},
+                      "counts": {"hidden": 32, "depth": 2}},
+            "train": cfg, "data": {"val_fraction": 0.1, "pad_multiple": 4}}
 
 
 if __name__ == "__main__":

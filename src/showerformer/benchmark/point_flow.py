@@ -189,7 +189,8 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
     raw["train"].update(max_steps=steps, epochs=None, log_every=1, checkpoint_every=None,
                         tensorboard=False, warmup_steps=0)
     raw["data"]["val_fraction"] = 0.0  # no validation pass in the timing run
-    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False)
+    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False,
+                           overwrite=True)
     t, d = raw["train"], raw["data"]
     batch, seed = int(t.get("batch_size", 32)), int(t.get("seed", 0))
     bucket, pad = int(d.get("bucket_batches", 32)), int(d.get("pad_multiple", 1))
@@ -317,7 +318,7 @@ def run_point_flow_benchmark(
             f"{budget_minutes:g}-minute budget")
         t0 = time.perf_counter()
         res = train_point_flow(train_file, run, out / f"{name}_run", device=device,
-                               progress=True)
+                               progress=True, overwrite=True)
         train_s = time.perf_counter() - t0
         model, pre, info = load_point_flow(res.out_dir, device=device or "auto")
         params = model.n_parameters()
@@ -340,8 +341,11 @@ def run_point_flow_benchmark(
             "device": str(next(model.parameters()).device),
         }
         say(f"{name}: evaluating against the held-out showers")
+        row["outside"] = gen.describe_outside()  # generated points in no cell: left out
+        if row["outside"]:
+            say(f"{name}: {row['outside']} fell outside the cells and are left out")
         if name == "ds2":
-            gen_v = gen.to_voxels()
+            gen_v = gen.to_voxels(outside="drop")
             row["evaluation"] = {"e-": _evaluate(test, gen_v, out / f"{name}_eval", classifier,
                                                  seed, ("low", "low_normed", "high"), plots)}
         else:
@@ -353,7 +357,7 @@ def run_point_flow_benchmark(
                 sel = np.flatnonzero(cond.pdg == pdg)
                 label = names.get(int(pdg), str(pdg))
                 row["evaluation"][label] = _evaluate(
-                    test[sel].to_voxels(), gen[sel].to_voxels(),
+                    test[sel].to_voxels(), gen[sel].to_voxels(outside="drop"),
                     out / f"{name}_eval_{label}", classifier, seed, ("high",), plots)
         if name == "ds2" or len(datasets) == 1:
             batches = list(speed_batches) if speed_batches else (

@@ -25,6 +25,7 @@ import numpy as np
 
 from showerformer._atomic import atomic_path
 from showerformer.errors import InputError
+from showerformer.io._h5file import create_h5
 
 __all__ = ["SEED_REFERENCE", "default_config_path", "run_regression_benchmark"]
 
@@ -175,7 +176,8 @@ def run_regression_benchmark(
         run_dir = out / "model"
         note(f"training the network ({label})")
         result, t_train = _timed(lambda: train_regressor(
-            train, cfg, run_dir, max_steps=max_steps, device=device, progress=progress))
+            train, cfg, run_dir, max_steps=max_steps, device=device, progress=progress,
+            overwrite=True))
         dev = resolve_device(device or "auto")
         try:
             net, info = load_checkpoint(run_dir, device=dev, ema=True, which="best")
@@ -201,7 +203,7 @@ def run_regression_benchmark(
         raise InputError("nothing to compare", key="baselines",
                          expected="at least one baseline or the network")
     pred_path = out / "predictions.h5"
-    with atomic_path(pred_path) as tmp, h5py.File(tmp, "w") as f:
+    with create_h5(pred_path) as (f, _):
         f["true"] = truth
         f["pred"] = np.stack(preds)  # (M, N)
         f["method"] = np.array(methods, dtype=h5py.string_dtype())

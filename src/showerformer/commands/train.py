@@ -19,6 +19,13 @@ def _report(result: Any) -> None:
                    f"{best}; checkpoint {result.checkpoint}; log {result.out_dir / 'log.csv'}")
 
 
+_RESUME_HELP = ("Continue the run in --out from its last checkpoint (a folder without any "
+                "checkpoint starts fresh; damaged or mismatching checkpoint metadata is an error "
+                "and changes nothing).")
+_OVERWRITE_HELP = ("Start afresh in an --out that holds the checkpoints of an earlier run, "
+                   "deleting them (without --resume or --overwrite such a folder is refused).")
+
+
 def regressor(
     data: Annotated[Path, typer.Option(
         "--data", help="Training data: a sparse voxel HDF5 file (e.g. from "
@@ -31,13 +38,13 @@ def regressor(
     ] = None,
     val_fraction: Annotated[float | None, typer.Option(
         "--val-fraction", help="Seeded held-out share of --data for validation when there is "
-                               "no --val-data (default: the config's, else 0.1).")] = None,
+                               "no --val-data, in [0, 1) (0: no validation; default: the "
+                               "config's, else 0.1).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run folder for log.csv and checkpoints/ (default: the config's "
                             "train.out_dir).")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the run folder's last checkpoint (a fresh run starts "
-                         "when there is none).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
     max_steps: Annotated[int | None, typer.Option(
         "--max-steps", help="Stop after N optimizer steps (the schedule ends there too).")
     ] = None,
@@ -54,8 +61,8 @@ def regressor(
     from showerformer.training.regressor import train_regressor
 
     result = train_regressor(data, config, out, val_data=val_data, val_fraction=val_fraction,
-                             resume=resume, max_steps=max_steps, device=device,
-                             progress=progress)
+                             resume=resume, overwrite=overwrite, max_steps=max_steps,
+                             device=device, progress=progress)
     _report(result)
 
 
@@ -70,21 +77,21 @@ def point_flow(
         "--val-data", help="Separate validation file (default: hold out --val-fraction).")
     ] = None,
     val_fraction: Annotated[float | None, typer.Option(
-        "--val-fraction", help="Seeded held-out share of --data (default: the config's, "
-                               "else 0.05).")] = None,
+        "--val-fraction", help="Seeded held-out share of --data, in [0, 1) (0: no "
+                               "validation; default: the config's, else 0.05).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run folder (default: the config's train.out_dir).")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the run folder's last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
     max_steps: Annotated[int | None, typer.Option(
         "--max-steps", help="Stop after N optimizer steps (the schedule ends there too).")
     ] = None,
     max_showers: Annotated[int | None, typer.Option(
-        "--max-showers", help="Read at most N showers of each file.")] = None,
-    layer_window: Annotated[int | None, typer.Option(
-        "--layer-window", help="Attention only between points at most K layers apart "
-                               "(layers q-K..q+K; overrides the config; -1: no limit).")
-    ] = None,
+        "--max-showers", help="Read at most N >= 1 showers of each file.")] = None,
+    layer_window: Annotated[str | None, typer.Option(
+        "--layer-window", metavar="K|none",
+        help="Attention only between points at most K >= 0 layers apart (layers q-K..q+K; "
+             "overrides the config); 'none' (or -1): no limit.")] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="auto, cpu, cuda or cuda:N (default: the config's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress",
@@ -95,22 +102,30 @@ def point_flow(
     One model for every particle type in the data. Under torchrun the global batch is split
     over the processes; rank 0 writes the logs and checkpoints.
     """
-    from showerformer.training.engine import load_yaml
     from showerformer.training.point_flow import train_point_flow
 
-    cfg: Any = config
-    if layer_window is not None:
-        raw = load_yaml(config)
-        model = dict(raw.get("model") or {})
-        shower = dict(model.get("shower") or {})
-        shower["layer_window"] = None if layer_window < 0 else layer_window
-        model["shower"] = shower
-        raw["model"] = model
-        cfg = raw
-    result = train_point_flow(data, cfg, out, val_data=val_data, val_fraction=val_fraction,
-                              resume=resume, max_steps=max_steps, max_showers=max_showers,
-                              device=device, progress=progress)
+    result = train_point_flow(data, config, out, val_data=val_data, val_fraction=val_fraction,
+                              resume=resume, overwrite=overwrite, max_steps=max_steps,
+                              max_showers=max_showers,
+                              layer_window=_layer_window(layer_window), device=device,
+                              progress=progress)
     _report(result)
+
+
+def _layer_window(text: str | None) -> int | None:
+    """``--layer-window``: None (as configured), ``"none"`` or ``"-1"`` (no limit: -1) or
+    K >= 0."""
+    from showerformer.errors import InputError
+
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if t in ("none", "-1"):
+        return -1
+    if t.isdigit():
+        return int(t)
+    raise InputError(f"{text!r}", key="--layer-window",
+                     expected="a number of layers K >= 0, or 'none' (also -1) for no limit")
 
 
 def sample(
@@ -159,6 +174,9 @@ def sample(
     typer.echo(f"wrote {s['showers']:,} showers ({s['format']}, {s['mean_points']:.1f} points "
                f"on average) to {s['path']} in {s['seconds']:.1f} s "
                f"({s['ms_per_shower']:.2f} ms/shower, {s['weights']} weights)")
+    if s.get("outside"):
+        typer.echo(f"note: {s['outside']} fell outside the cells of the geometry and are not "
+                   "in the voxels (--format pointcloud keeps every point)")
 
 
 def predict(

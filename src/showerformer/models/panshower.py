@@ -71,6 +71,7 @@ __all__ = [
     "PanShowerConfig",
     "PanShowerSample",
     "Preprocessing",
+    "check_particles",
     "condition_tensors",
     "layers_from_counts",
     "make_batch",
@@ -111,6 +112,17 @@ def particle_indices(pdg: Any, particles: tuple[int, ...] = DEFAULT_PARTICLES) -
         raise InputError(f"particle PDG id {unknown[0]} is not modelled", key="pdg",
                          expected="one of " + ", ".join(str(p) for p in particles))
     return np.array([lookup[int(p)] for p in pdg], dtype=np.int64)
+
+
+def check_particles(particles: tuple[int, ...], key: str = "particles") -> None:
+    """Check a model's particle list: at least one PDG id, all distinct and non-zero.
+
+    Raises:
+        InputError: naming ``key``.
+    """
+    if not particles or len(set(particles)) != len(particles) or 0 in particles:
+        raise InputError(f"{key}={list(particles)!r}", key=key,
+                         expected="a non-empty list of distinct non-zero PDG ids")
 
 
 def _std(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -466,23 +478,24 @@ class PanShowerConfig(ModelConfig):
     attention: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "particles", tuple(int(p) for p in self.particles))
+        self.check_types()
 
         def bad(key: str, expected: str) -> InputError:
             return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
 
         if self.n_layers_calo < 1:
             raise bad("n_layers_calo", "at least one calorimeter layer")
-        if not self.particles or len(set(self.particles)) != len(self.particles):
-            raise bad("particles", "distinct PDG ids")
-        if self.n_heads < 1 or self.d_model % self.n_heads:
+        check_particles(self.particles)
+        self.require_positive("d_model", "n_heads", "n_layers", "mlp_ratio")
+        if self.d_model % self.n_heads:
             raise bad("n_heads", f"a divisor of d_model={self.d_model}")
-        if self.n_layers < 1 or self.mlp_ratio < 1:
-            raise bad("n_layers" if self.n_layers < 1 else "mlp_ratio", "a positive integer")
         if self.layer_window is not None and self.layer_window < 0:
             raise bad("layer_window", "a non-negative integer or null")
         if self.n_fourier < 2 or self.n_fourier % 2:
             raise bad("n_fourier", "a positive even number")
+        for key in ("time_fourier_std", "energy_fourier_std"):
+            if not getattr(self, key) > 0.0:
+                raise bad(key, "a positive frequency spread")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "a probability in [0, 1)")
         if self.time_distribution not in TIME_DISTRIBUTIONS:

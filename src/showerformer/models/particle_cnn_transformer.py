@@ -151,13 +151,13 @@ class ParticleCNNTransformerConfig(ModelConfig):
     huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "head_hidden", tuple(int(h) for h in self.head_hidden))
-        object.__setattr__(self, "cnn_channels", tuple(int(c) for c in self.cnn_channels))
-        object.__setattr__(self, "cnn_depths", tuple(int(n) for n in self.cnn_depths))
+        self.check_types()
 
         def bad(key: str, expected: str) -> InputError:
             return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
 
+        self.require_positive("d_model", "n_heads", "mlp_ratio", "n_scales", "block_grid",
+                              "block_size", "inter_layers", "head_hidden")
         t = self.token_grid
         ratio = self.grid // t if t > 0 else 0
         if self.grid < t or self.grid % t or ratio & (ratio - 1):
@@ -174,6 +174,10 @@ class ParticleCNNTransformerConfig(ModelConfig):
             raise bad("cnn_depths", f"{self.n_scales} non-negative block counts (one per scale)")
         if not 0.0 <= self.drop_path < 1.0:
             raise bad("drop_path", "a probability in [0, 1)")
+        if not self.layerscale_init > 0.0:
+            raise bad("layerscale_init", "a positive initial gain")
+        if not self.rope_base > 1.0:
+            raise bad("rope_base", "a frequency base above 1")
         if not 0.0 < self.energy_scale_mev < self.energy_max_mev:
             raise bad("energy_scale_mev", "0 < energy_scale_mev < energy_max_mev")
         if not self.target_std_gev > 0.0:

@@ -36,6 +36,7 @@ from showerformer.models.panshower import (
     DEFAULT_PARTICLES,
     Preprocessing,
     _require,
+    check_particles,
     condition_tensors,
 )
 from showerformer.nn.embeddings import GaussianFourierFeatures, direction_vector
@@ -86,19 +87,20 @@ class PointCountFMConfig(ModelConfig):
     time_distribution: str = "uniform"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "particles", tuple(int(p) for p in self.particles))
+        self.check_types()
 
         def bad(key: str, expected: str) -> InputError:
             return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
 
         if self.n_layers_calo < 1:
             raise bad("n_layers_calo", "at least one calorimeter layer")
-        if not self.particles or len(set(self.particles)) != len(self.particles):
-            raise bad("particles", "distinct PDG ids")
-        if self.hidden < 1 or self.depth < 1:
-            raise bad("hidden" if self.hidden < 1 else "depth", "a positive integer")
+        check_particles(self.particles)
+        self.require_positive("hidden", "depth")
         if self.n_fourier < 2 or self.n_fourier % 2:
             raise bad("n_fourier", "a positive even number")
+        for key in ("time_fourier_std", "energy_fourier_std"):
+            if not getattr(self, key) > 0.0:
+                raise bad(key, "a positive frequency spread")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "a probability in [0, 1)")
         if self.time_distribution not in TIME_DISTRIBUTIONS:

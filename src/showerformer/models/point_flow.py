@@ -32,10 +32,11 @@ from showerformer.models.panshower import (
     PanShower,
     PanShowerConfig,
     Preprocessing,
+    check_particles,
     condition_tensors,
 )
 from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig
-from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
 from showerformer.showers import Conditions, PointShowers
 
 __all__ = ["PointFlow", "PointFlowConfig"]
@@ -63,11 +64,13 @@ class PointFlowConfig(ModelConfig):
     count_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "particles", tuple(int(p) for p in self.particles))
+        self.check_types()
+        if self.n_layers_calo < 1:
+            raise InputError(f"n_layers_calo={self.n_layers_calo!r}", key="n_layers_calo",
+                             expected="at least one calorimeter layer")
+        check_particles(self.particles)
         for name in ("shower", "counts"):
             sub = getattr(self, name)
-            if not isinstance(sub, Mapping):
-                raise InputError(f"{name}={sub!r}", key=name, expected="a mapping of config keys")
             shared = sorted(set(sub) & set(_SHARED))
             if shared:
                 raise InputError(f"{shared[0]} inside {name}", key=f"{name}.{shared[0]}",
@@ -98,6 +101,14 @@ class PointFlowConfig(ModelConfig):
     def for_geometry(cls, geometry: Geometry, **kwargs: Any) -> PointFlowConfig:
         """A config whose ``n_layers_calo`` is the geometry's number of layers."""
         return cls(n_layers_calo=geometry.n_layers, **kwargs)
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the sections expanded to every key of their configs (defaults
+        included; the shared keys stay at the top level)."""
+        out = self.to_dict()
+        for name, sub in (("shower", self.shower_config()), ("counts", self.counts_config())):
+            out[name] = {k: v for k, v in sub.to_dict().items() if k not in _SHARED}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (tuples become lists, also inside the sections)."""
@@ -190,7 +201,17 @@ class PointFlow(nn.Module):
 
         Returns:
             :class:`PointShowers` with ``(N, P, 5)`` points (x, y, z, E, layer).
+
+        Raises:
+            InputError: a batch size or a number of steps below 1, an unknown sampler (before
+                any sampling).
         """
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size={batch_size!r}", key="batch_size",
+                             expected="a positive number of showers")
+        if int(steps) < 1:
+            raise InputError(f"steps={steps!r}", key="steps", expected="at least one step")
+        get_sampler(sampler)  # an unknown name fails here, not after the count model ran
         if counts is None:
             device = self.counts.out.weight.device
             cond = condition_tensors(conditions, preprocessing, self.config.particles, device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import random
@@ -43,6 +44,8 @@ __all__ = [
     "CHECKPOINT_JSON",
     "build_model_from_info",
     "capture_rng_state",
+    "check_rng_states",
+    "has_checkpoints",
     "list_checkpoints",
     "load_checkpoint",
     "load_optimizer_state",
@@ -55,6 +58,7 @@ __all__ = [
     "remove_stale_temporaries",
     "resolve_checkpoint",
     "restore_rng_state",
+    "resume_folder",
     "save_checkpoint",
     "write_pointer",
 ]
@@ -168,10 +172,42 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _os_error(exc: Exception) -> OSError | None:
+    """An ``OSError`` for a safetensors error that hides one (e.g. a full disk), else None."""
+    text = str(exc)
+    for code, marks in ((errno.ENOSPC, ("No space left", "StorageFull", "os error 28")),
+                        (errno.EDQUOT, ("Disk quota exceeded", "os error 122"))):
+        if any(m in text for m in marks):
+            return OSError(code, os.strerror(code))
+    return None
+
+
 def _save_module(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
-    save_model(module, str(path), metadata={"format": "pt"})
+    try:
+        save_model(module, str(path), metadata={"format": "pt"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors wraps I/O errors in its own type
+        err = _os_error(exc)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _save_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(tensors), str(path), metadata={"format": "pt"})
+    except OSError:
+        raise
+    except Exception as exc:
+        err = _os_error(exc)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike[str],
@@ -237,20 +273,69 @@ def write_pointer(root: str | os.PathLike[str], checkpoint: str | os.PathLike[st
 
 
 def read_pointer(root: str | os.PathLike[str], which: str = "last") -> Path | None:
-    """The folder named by ``root/<which>.json``, or None when there is no pointer."""
+    """The folder named by ``root/<which>.json``, or None when there is no pointer.
+
+    Raises:
+        InputError: a pointer that cannot be read or parsed, that does not name a
+            ``step-XXXXXXX`` folder, or whose folder is missing or incomplete.
+    """
     pointer = Path(root) / f"{which}.json"
-    if not pointer.is_file():
+    if not pointer.exists():
         return None
+    expected = '{"checkpoint": "step-XXXXXXX"}, as the trainer writes it'
     try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (ValueError, KeyError, TypeError):
-        raise InputError("unreadable checkpoint pointer", path=pointer,
-                         key="checkpoint", expected='{"checkpoint": "step-XXXXXXX"}') from None
-    target = Path(root) / str(name)
+        data = json.loads(pointer.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read the checkpoint pointer ({exc.strerror or exc})",
+                         path=pointer, expected=expected) from None
+    except ValueError:
+        raise InputError("unreadable checkpoint pointer (not JSON)", path=pointer,
+                         key="checkpoint", expected=expected) from None
+    name = data.get("checkpoint") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not _STEP_DIR.match(name):
+        raise InputError(f"unreadable checkpoint pointer ({name!r})", path=pointer,
+                         key="checkpoint", expected=expected)
+    target = Path(root) / name
     if not (target / CHECKPOINT_JSON).is_file():
         raise InputError(f"names the missing checkpoint '{name}'", path=pointer, key="checkpoint",
                          expected="a complete checkpoint folder beside the pointer")
     return target
+
+
+def has_checkpoints(root: str | os.PathLike[str]) -> bool:
+    """Whether the checkpoint root holds anything of a run: a ``step-*`` folder (complete or
+    not) or a ``last.json`` / ``best.json`` pointer (readable or not)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    return any(_STEP_DIR.match(p.name) or p.name in {f"{w}.json" for w in _POINTERS}
+               for p in root.iterdir())
+
+
+def resume_folder(root: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint a resumed run continues from, with its pointers checked strictly.
+
+    Only a root without any checkpoint (see :func:`has_checkpoints`) gives None (a fresh run).
+    Otherwise ``last.json`` names the folder (without it: the newest complete ``step-*``
+    folder); ``best.json`` must be readable too, since the resumed run keeps that folder.
+
+    Raises:
+        InputError: a damaged pointer, a pointer to a missing folder, or ``step-*`` folders
+            none of which is complete, naming the file and the key.
+    """
+    root = Path(root)
+    if not has_checkpoints(root):
+        return None
+    last = read_pointer(root, "last")
+    read_pointer(root, "best")
+    if last is not None:
+        return last
+    folders = list_checkpoints(root)
+    if folders:
+        return folders[-1]
+    broken = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
+    raise InputError("checkpoint folder without its JSON", path=broken[-1] / CHECKPOINT_JSON,
+                     expected="a complete checkpoint folder (written by showerformer's trainer)")
 
 
 def prune_checkpoints(root: str | os.PathLike[str], keep: int | None) -> list[Path]:
@@ -330,10 +415,8 @@ def save_checkpoint(
             files["ema"] = EMA_FILE
             data["ema"] = ema.meta()
         if optimizer is not None:
-            from safetensors.torch import save_file
-
             tensors, meta = optimizer_tensors(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+            _save_tensors(tensors, tmp / OPTIMIZER_FILE)
             files["optimizer"] = OPTIMIZER_FILE
             data["optimizer"] = meta
         data["files"] = files
@@ -416,10 +499,24 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         raise InputError("not a showerformer checkpoint", path=jpath, key="format",
                          expected=f"'{CHECKPOINT_FORMAT}'")
-    if int(info.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(f"checkpoint format version {info.get('format_version')}", path=jpath,
+    version = info.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"format_version {version!r}", path=jpath, key="format_version",
+                         expected="an integer")
+    if version > FORMAT_VERSION:
+        raise InputError(f"checkpoint format version {version}", path=jpath,
                          key="format_version",
                          expected=f"at most {FORMAT_VERSION} (update showerformer)")
+    for key, kind in (("files", dict), ("state", dict), ("model_config", dict),
+                      ("preprocessing", dict), ("metadata", dict), ("train_config", dict)):
+        if info.get(key) is not None and not isinstance(info[key], kind):
+            raise InputError(f"a {type(info[key]).__name__}", path=jpath, key=key,
+                             expected="a JSON object")
+    files = info.get("files") or {}
+    for key, name in files.items():
+        if not isinstance(name, str) or Path(name).name != name or not name:
+            raise InputError(f"{name!r}", path=jpath, key=f"files.{key}",
+                             expected="the name of a file inside the checkpoint folder")
     info["path"] = str(folder)
     return info
 
@@ -473,7 +570,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
     folder = resolve_checkpoint(path, which)
     info = read_checkpoint_info(folder)
     model = build_model_from_info(info)
-    files = info.get("files", {})
+    files = info.get("files") or {}
     use_ema = bool(ema and files.get("ema"))
     load_weights(model, folder / (files["ema"] if use_ema else files.get("model", MODEL_FILE)))
     info["weights"] = "ema" if use_ema else "model"
@@ -482,30 +579,72 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
     return model, info
 
 
+def check_rng_states(states: Any, path: str | os.PathLike[str], key: str = "rng") -> None:
+    """Check that the saved random states (one per rank) can be restored, without changing the
+    process's own (they are restored and then put back).
+
+    Raises:
+        InputError: a list that is not one of states, or a state that does not restore, naming
+            ``path`` and the key.
+    """
+    if states is None:
+        return
+    if not isinstance(states, list):
+        raise InputError(f"a {type(states).__name__}", path=path, key=key,
+                         expected="a list of random states, one per process")
+    saved = capture_rng_state()
+    try:
+        for i, state in enumerate(states):
+            try:
+                restore_rng_state(state)
+            except Exception as exc:
+                raise InputError(f"random state that does not restore ({type(exc).__name__})",
+                                 path=path, key=f"{key}[{i}]",
+                                 expected="the states written by the trainer") from None
+    finally:
+        restore_rng_state(saved)
+
+
 def load_training_state(folder: str | os.PathLike[str], model: nn.Module,
                         optimizer: torch.optim.Optimizer | None = None, ema: Any = None,
                         device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load weights, optimizer and EMA of a checkpoint into existing objects; returns its info."""
+    """Load weights, optimizer and EMA of a checkpoint into existing objects; returns its info.
+
+    Reads only: nothing in the checkpoint folder changes, also when it fails.
+
+    Raises:
+        InputError: missing or damaged files, or entries of ``checkpoint.json`` that do not fit
+            the objects, naming the file and the key.
+    """
     folder = Path(folder)
     info = read_checkpoint_info(folder)
-    files = info.get("files", {})
+    jpath = folder / CHECKPOINT_JSON
+    files = info.get("files") or {}
     load_weights(model, folder / files.get("model", MODEL_FILE), device)
     if ema is not None:
         if not files.get("ema"):
-            raise InputError("checkpoint without EMA weights", path=folder, key="ema",
+            raise InputError("checkpoint without EMA weights", path=jpath, key="files.ema",
                              expected="ema_decay unset, as in the run that wrote it")
         load_weights(ema.module, folder / files["ema"], device)
-        ema.averaged.n_averaged.fill_(int(info.get("ema", {}).get("updates", 1)))
+        ema_meta = info.get("ema") or {}
+        updates = ema_meta.get("updates", 1) if isinstance(ema_meta, dict) else None
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise InputError(f"{updates!r}", path=jpath, key="ema.updates",
+                             expected="a non-negative integer")
+        ema.averaged.n_averaged.fill_(updates)
     if optimizer is not None:
         if not files.get("optimizer"):
-            raise InputError("checkpoint without optimizer state", path=folder,
-                             key="optimizer", expected="a checkpoint written during training")
+            raise InputError("checkpoint without optimizer state", path=jpath,
+                             key="files.optimizer", expected="a checkpoint written during training")
         tensors = _load_tensors(folder / files["optimizer"])
+        meta = info.get("optimizer")
+        if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+            raise InputError("no optimizer groups", path=jpath, key="optimizer.param_groups",
+                             expected="the optimizer state written by the trainer")
         try:
-            load_optimizer_state(optimizer, tensors, info["optimizer"])
-        except (KeyError, ValueError) as exc:
+            load_optimizer_state(optimizer, tensors, meta)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise InputError(f"optimizer state does not match the model ({exc})"[:300],
                              path=folder / files["optimizer"],
                              expected="the optimizer of the same model") from None
     return info
-

@@ -14,10 +14,11 @@ import csv
 import dataclasses
 import json
 import math
+import numbers
 import os
 import random
+import shutil
 import time
-import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from showerformer._atomic import atomic_path
-from showerformer.errors import InputError, ShowerformerError
+from showerformer._paths import check_output_dir, disk_full_error
+from showerformer.errors import InputError, OutputError, ShowerformerError
+from showerformer.models.config import coerce_value
 from showerformer.training import checkpoint as ckpt
 from showerformer.training.data import EpochBatchSampler
 from showerformer.training.distributed import (
@@ -54,6 +57,13 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "autocast_dtype",
+    "check_count",
+    "check_device",
+    "check_enough_samples",
+    "check_max_steps",
+    "check_run_folder",
+    "check_setting",
+    "check_val_fraction",
     "load_run_config",
     "load_yaml",
     "seed_everything",
@@ -101,54 +111,18 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _coerce(value: Any, tp: Any, key: str, path: Path | None) -> Any:
-    """``value`` checked against the simple annotation ``tp`` (float, int, str, bool, tuples,
-    ``X | None``); ints are accepted for floats. Raises InputError otherwise."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for a in inner:
-            with contextlib.suppress(InputError):
-                return _coerce(value, a, key, path)
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
-        raise InputError(f"{value!r}", path=path, key=key,
-                         expected=names + (" or null" if type(None) in args else ""))
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise InputError(f"{value!r}", path=path, key=key, expected="a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key, path) for v in value)
-        if len(value) != len(args):
-            raise InputError(f"{value!r}", path=path, key=key,
-                             expected=f"a list of {len(args)} values")
-        return tuple(_coerce(v, a, key, path) for v, a in zip(value, args, strict=True))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise InputError(f"{value!r}", path=path, key=key, expected="true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InputError(f"{value!r}", path=path, key=key, expected="an integer")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise InputError(f"{value!r}", path=path, key=key, expected="a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise InputError(f"{value!r}", path=path, key=key, expected="a string")
-    return value
+def check_setting(value: Any, tp: Any, key: str,
+                  path: str | os.PathLike[str] | None = None) -> Any:
+    """A config value checked against the simple annotation ``tp`` and converted where
+    lossless (see :func:`~showerformer.models.config.coerce_value`).
+
+    Raises:
+        InputError: naming ``path`` (the config file) and ``key``.
+    """
+    try:
+        return coerce_value(value, tp, key)
+    except InputError as exc:
+        raise InputError(exc.what, path=path, key=key, expected=exc.expected) from None
 
 
 @dataclass(frozen=True)
@@ -244,6 +218,8 @@ class TrainConfig:
             raise bad("keep_checkpoints", "at least 1")
         if self.num_workers < 0:
             raise bad("num_workers", "a non-negative integer")
+        if self.seed < 0:
+            raise bad("seed", "a non-negative integer")
         if self.log_every < 1:
             raise bad("log_every", "a positive integer")
 
@@ -278,7 +254,7 @@ class TrainConfig:
             if key not in hints:
                 raise InputError("unknown setting", path=p, key=f"{prefix}{key}",
                                  expected="one of " + ", ".join(known))
-            values[key] = _coerce(value, hints[key], f"{prefix}{key}", p)
+            values[key] = check_setting(value, hints[key], f"{prefix}{key}", p)
         try:
             return cls(**values)
         except InputError as exc:
@@ -379,6 +355,114 @@ def load_run_config(source: str | os.PathLike[str] | Mapping[str, Any],
                      path=None if path is None else str(path))
 
 
+# ---------------------------------------------------------------------------- run folders
+
+
+def check_run_folder(out_dir: str | os.PathLike[str],
+                     resume: bool | str | os.PathLike[str] = False, *,
+                     overwrite: bool = False) -> Path | None:
+    """Check a run folder before any work, reading only.
+
+    The folder must be (or become) a writable directory. A fresh run must not silently replace
+    the checkpoints of an earlier run: into a folder that holds any (see
+    :func:`~showerformer.training.checkpoint.has_checkpoints`) it is refused unless
+    ``overwrite`` (then :meth:`Trainer.fit` deletes them once every check has passed). With
+    ``resume=True`` the checkpoint pointers must read cleanly (see
+    :func:`~showerformer.training.checkpoint.resume_folder`); only a folder without any
+    checkpoint starts fresh.
+
+    Arguments:
+        out_dir: the run folder (``--out``).
+        resume: as in :meth:`Trainer.fit`.
+        overwrite: a fresh run may replace the checkpoints of an earlier one.
+
+    Returns:
+        The checkpoint folder a resumed run continues from (None: a fresh run, or ``resume``
+        names a checkpoint elsewhere).
+
+    Raises:
+        OutputError: the folder cannot be used, or a fresh run would replace checkpoints.
+        InputError: damaged checkpoint pointers of a resumed run (naming the file and the
+            key), or ``resume`` together with ``overwrite``.
+    """
+    if resume is not False and resume is not None and overwrite:
+        raise InputError("--resume together with --overwrite", key="--overwrite",
+                         expected="one of them: --resume continues the run, --overwrite "
+                                  "replaces it")
+    out = check_output_dir(out_dir, option="--out")
+    root = check_output_dir(out / "checkpoints", option="--out")
+    if resume is False or resume is None:
+        if ckpt.has_checkpoints(root) and not overwrite:
+            found = ckpt.list_checkpoints(root)
+            what = (f"holds the checkpoints of an earlier run (up to {found[-1].name})"
+                    if found else "holds checkpoint files of an earlier run")
+            raise OutputError(what, path=out, option="--out",
+                              expected="--resume to continue that run, --overwrite to replace "
+                                       "it, or another --out")
+        return None
+    if resume is True:
+        return ckpt.resume_folder(root)
+    return None
+
+
+def check_device(device: str | None, key: str = "--device",
+                 path: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`InputError` naming ``key`` (the option, or ``train.device`` of the config
+    file ``path``) unless ``device`` names a device of this machine (see
+    :func:`~showerformer.training.distributed.resolve_device`)."""
+    from showerformer.training.distributed import resolve_device
+
+    try:
+        resolve_device(device)
+    except InputError as exc:
+        raise InputError(exc.what, path=path, key=key, expected=exc.expected) from None
+
+
+def check_val_fraction(val_fraction: float | None, *, path: str | os.PathLike[str] | None = None,
+                       key: str = "--val-fraction") -> None:
+    """Raise :class:`InputError` unless ``val_fraction`` is None or in [0, 1) (0: no
+    validation); errors name ``key`` (the option, or ``data.val_fraction`` of ``path``)."""
+    if val_fraction is None:
+        return
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float)
+            or not 0.0 <= float(val_fraction) < 1.0):
+        raise InputError(f"{val_fraction!r}", path=path, key=key,
+                         expected="a fraction in [0, 1): the held-out share of the data "
+                                  "(0: no validation)")
+
+
+def check_count(value: Any, key: str, expected: str, *, minimum: int = 1,
+                path: str | os.PathLike[str] | None = None) -> int:
+    """``value`` as an ``int`` when it is a whole number (Python or NumPy integer, not a bool)
+    of at least ``minimum``.
+
+    Raises:
+        InputError: naming ``key`` (an option such as ``--n``, or a config key of ``path``)
+            and saying what was ``expected``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{value!r}", path=path, key=key, expected=expected)
+    return int(value)
+
+
+def check_max_steps(max_steps: int | None) -> None:
+    """Raise :class:`InputError` naming ``--max-steps`` unless None or a positive integer."""
+    if max_steps is not None:
+        check_count(max_steps, "--max-steps", "a positive number of optimizer steps")
+
+
+def check_enough_samples(n: int, config: TrainConfig, data: str | os.PathLike[str] | None,
+                         config_path: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`InputError` naming the data file when ``n`` training samples do not fill
+    one batch: the trainer drops incomplete batches, so not a single step could run."""
+    if n < config.batch_size:
+        where = f" of {config_path}" if config_path else ""
+        raise InputError(f"{n} training samples, fewer than train.batch_size="
+                         f"{config.batch_size}{where}", path=data, key="showers",
+                         expected="at least one full batch (more data, a smaller validation "
+                                  "share or a smaller train.batch_size)")
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -423,6 +507,17 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return 1
 
 
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (JSON-normalised values: tuples become lists)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))
+    return out
+
+
 class _LossModule(nn.Module):
     """Makes ``model.loss(batch)`` the forward pass, so DDP's gradient hooks see it."""
 
@@ -462,15 +557,30 @@ class _RunLog:
         self._tb_dir = out_dir / "tensorboard"
         self._say = say
 
-    def start(self, keep_rows: int | None) -> None:
-        """Open the log; a resumed run keeps the first ``keep_rows`` rows (those written before
-        its checkpoint), a fresh run starts an empty file."""
+    def read(self, keep_rows: int | None) -> list[list[str]]:
+        """The first ``keep_rows`` rows of an existing log (those a resumed run keeps: the
+        rows written before its checkpoint); nothing for a fresh run.
+
+        Raises:
+            InputError: an existing log that cannot be read as CSV text.
+        """
+        if not (self.enabled and keep_rows and self.path.is_file()):
+            return []
+        try:
+            with open(self.path, newline="") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"cannot read the run log ({type(exc).__name__})", path=self.path,
+                             expected="the CSV log written by the trainer") from None
+        if rows and rows[0] != list(LOG_COLUMNS):
+            raise InputError(f"header {','.join(rows[0])[:80]!r}", path=self.path,
+                             key="header", expected=",".join(LOG_COLUMNS))
+        return rows[1:keep_rows + 1]
+
+    def start(self, rows: list[list[str]]) -> None:
+        """Write the log afresh with ``rows`` (from :meth:`read`) under the header."""
         if not self.enabled:
             return
-        rows: list[list[str]] = []
-        if keep_rows and self.path.is_file():
-            with open(self.path, newline="") as fh:
-                rows = list(csv.reader(fh))[1:keep_rows + 1]
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(LOG_COLUMNS)
@@ -557,15 +667,22 @@ class Trainer:
             epoch, start, rank, world_size``); e.g. a ``functools.partial`` of
             :class:`~showerformer.training.point_data.BucketBatchSampler`. Its order must
             depend only on ``(seed, epoch)`` for exact resumption.
+        run_config: JSON-ready resolved run config, written to ``run_config.json`` in the run
+            folder once :meth:`fit` has checked the folder (None: no such file).
+
+    Raises:
+        InputError: fewer training samples than one batch.
     """
 
     def __init__(self, model: nn.Module, train_dataset: Dataset, val_dataset: Dataset | None,
                  config: TrainConfig, collate_fn: Callable[[list[Any]], Any] | None = None, *,
                  val_collate_fn: Callable[[list[Any]], Any] | None = None, progress: bool = True,
                  metadata: Mapping[str, Any] | None = None, verbose: bool | None = None,
-                 batch_sampler: Callable[..., Any] | None = None) -> None:
+                 batch_sampler: Callable[..., Any] | None = None,
+                 run_config: Mapping[str, Any] | None = None) -> None:
         if not callable(getattr(model, "loss", None)):
             raise TypeError(f"{type(model).__name__} has no loss(batch) method")
+        self.run_config = None if run_config is None else dict(run_config)
         self.model = model
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
@@ -670,23 +787,18 @@ class Trainer:
     def _resume(self, resume: bool | str | os.PathLike[str]) -> dict[str, Any] | None:
         """Load the checkpoint to resume from; returns its info (None: nothing to resume)."""
         if resume is True:
-            try:
-                folder = ckpt.resolve_checkpoint(self.checkpoint_root)
-            except InputError:
+            found = ckpt.resume_folder(self.checkpoint_root)
+            if found is None:
                 self._say(f"no checkpoint in {self.checkpoint_root}: starting a fresh run")
                 return None
+            folder = found
         else:
             folder = ckpt.resolve_checkpoint(resume)
         assert self.optimizer is not None
+        self._check_resumable(ckpt.read_checkpoint_info(folder), folder / ckpt.CHECKPOINT_JSON)
         info = ckpt.load_training_state(folder, self.model, self.optimizer, self.ema,
                                         self.device)
-        state = info.get("state") or {}
-        jpath = folder / ckpt.CHECKPOINT_JSON
-        if int(state.get("batches_per_epoch", -1)) != self.batches_per_epoch:
-            raise InputError(
-                f"{state.get('batches_per_epoch')} batches per epoch in the checkpoint, "
-                f"{self.batches_per_epoch} now", path=jpath, key="state.batches_per_epoch",
-                expected="the same training data and batch_size as the run being resumed")
+        state = info["state"]
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -699,6 +811,76 @@ class Trainer:
         self._say(f"resuming from {folder} (step {self.step}, epoch {self.epoch}, batch "
                   f"{self.batch_in_epoch} of {self.batches_per_epoch})")
         return info
+
+    def _check_resumable(self, info: Mapping[str, Any], jpath: Path) -> None:
+        """Raise :class:`InputError` (naming ``jpath`` and the key) unless the checkpoint
+        belongs to this model and its loop state and random states are complete."""
+        family = getattr(self.model, "family", None)
+        if family is not None and info.get("family") != family:
+            raise InputError(f"a '{info.get('family')}' checkpoint", path=jpath, key="family",
+                             expected=f"'{family}', the model being trained")
+        config = getattr(self.model, "config", None)
+        if hasattr(config, "resolved_dict") and hasattr(config, "from_dict"):
+            saved = info.get("model_config")
+            if not isinstance(saved, dict):
+                raise InputError("no model config", path=jpath, key="model_config",
+                                 expected="the config of the model being trained")
+            try:  # the checkpoint's config, checked like a config file
+                theirs = type(config).from_dict(saved).resolved_dict()
+            except InputError as exc:
+                raise InputError(exc.what, path=jpath, key=f"model_config.{exc.key}",
+                                 expected=exc.expected) from None
+            a, b = _flat(theirs), _flat(config.resolved_dict())
+            for key in sorted(set(a) | set(b)):
+                if a.get(key, "<unset>") != b.get(key, "<unset>"):
+                    raise InputError(
+                        f"{a.get(key, '<unset>')!r} in the checkpoint, "
+                        f"{b.get(key, '<unset>')!r} in this run", path=jpath,
+                        key=f"model_config.{key}",
+                        expected="the model config of the run being resumed (or another --out "
+                                 "for a new run)")
+        state = info.get("state")
+        if not isinstance(state, dict):
+            raise InputError("no training state", path=jpath, key="state",
+                             expected="the loop position written by the trainer")
+        for key, required in (("step", True), ("epoch", True), ("batch_in_epoch", True),
+                              ("batches_per_epoch", True), ("samples_seen", False),
+                              ("bad_validations", False), ("log_rows", False)):
+            value = state.get(key)
+            if value is None and not required:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{value!r}", path=jpath, key=f"state.{key}",
+                                 expected="a non-negative integer")
+        for key in ("best_val_loss", "last_val_loss"):
+            value = state.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise InputError(f"{value!r}", path=jpath, key=f"state.{key}",
+                                 expected="a number or null")
+        if state["batches_per_epoch"] != self.batches_per_epoch:
+            raise InputError(
+                f"{state['batches_per_epoch']} batches per epoch in the checkpoint, "
+                f"{self.batches_per_epoch} now", path=jpath, key="state.batches_per_epoch",
+                expected="the same training data and batch_size as the run being resumed")
+        if state["batch_in_epoch"] > self.batches_per_epoch:
+            raise InputError(f"{state['batch_in_epoch']}", path=jpath, key="state.batch_in_epoch",
+                             expected=f"at most {self.batches_per_epoch} batches per epoch")
+        folder = jpath.parent
+        files = info.get("files") or {}
+        wanted = [("model", ckpt.MODEL_FILE), ("optimizer", None)]
+        if self.ema is not None:
+            wanted.append(("ema", None))
+        for key, default in wanted:
+            name = files.get(key, default)
+            if name is None:
+                raise InputError(f"no {key} file listed", path=jpath, key=f"files.{key}",
+                                 expected="a checkpoint written during training"
+                                 + (" with ema_decay set" if key == "ema" else ""))
+            if not (folder / name).is_file():
+                raise InputError(f"missing weights file {name}", path=jpath, key=f"files.{key}",
+                                 expected=f"{folder / name} beside checkpoint.json")
+        ckpt.check_rng_states(info.get("rng"), jpath)
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -763,25 +945,45 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def fit(self, resume: bool | str | os.PathLike[str] = False, *,
-            stop_at_step: int | None = None) -> TrainResult:
+            stop_at_step: int | None = None, overwrite: bool = False) -> TrainResult:
         """Train until ``max_steps`` / ``epochs`` or early stopping.
+
+        The run folder is checked before anything is written (see :func:`check_run_folder`):
+        a fresh run never replaces the checkpoints of an earlier one, and a resumed run whose
+        checkpoint metadata is damaged or belongs to another model stops with an error that
+        names the file and the key, leaving every file of the run folder as it was.
 
         Arguments:
             resume: continue from the latest checkpoint of ``out_dir`` (True; a fresh run
-                starts when there is none) or from a given checkpoint path.
+                starts only when the folder holds no checkpoint at all) or from a given
+                checkpoint path.
             stop_at_step: interrupt after this many steps in total, writing a checkpoint, as a
                 preempted job would; the schedule is unchanged, so resuming later continues
                 exactly as the uninterrupted run.
+            overwrite: a fresh run deletes the checkpoints of an earlier run in ``out_dir``
+                (after every check has passed) instead of refusing to start.
 
         Returns:
             A :class:`TrainResult`.
+
+        Raises:
+            InputError: damaged or incompatible checkpoint metadata when resuming.
+            OutputError: a fresh run into a folder with checkpoints, an unusable run folder, or
+                a disk that became full (the earlier checkpoints stay intact).
+            TrainingError: a non-finite loss.
         """
         cfg = self.config
         owns_group = not torch.distributed.is_initialized()
         self.env = init_distributed(cfg.device)
         owns_group = owns_group and torch.distributed.is_initialized()
         try:
-            result = self._fit(resume, stop_at_step)
+            try:
+                result = self._fit(resume, stop_at_step, overwrite)
+            except OSError as exc:
+                err = disk_full_error(exc, self.out_dir)
+                if err is None:
+                    raise
+                raise err from exc
         except BaseException:
             if owns_group:
                 cleanup_distributed()
@@ -794,8 +996,8 @@ class Trainer:
             cleanup_distributed()
         return result
 
-    def _fit(self, resume: bool | str | os.PathLike[str],
-             stop_at_step: int | None) -> TrainResult:
+    def _fit(self, resume: bool | str | os.PathLike[str], stop_at_step: int | None,
+             overwrite: bool = False) -> TrainResult:
         cfg, env = self.config, self.env
         self._reset_state()
         self._last_saved, self._last_saved_step = None, -1
@@ -805,16 +1007,24 @@ class Trainer:
         self.optimizer = optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay,
                                                      tuple(cfg.betas), cfg.eps)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
-        if env.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(self.checkpoint_root)
+        # everything that can refuse the run is checked before the first write
+        check_run_folder(self.out_dir, resume, overwrite=overwrite)
         barrier(env)
         info = self._resume(resume) if resume else None
         self._log = log = _RunLog(self.out_dir, env.is_main, cfg.tensorboard, self._say)
-        log.start(int(info["state"].get("log_rows", 0)) if info else None)
+        kept = log.read(int(info["state"].get("log_rows", 0)) if info else None)
         if env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite and not resume and self.checkpoint_root.is_dir():
+                self._say(f"replacing the checkpoints in {self.checkpoint_root}")
+                shutil.rmtree(self.checkpoint_root)
+            ckpt.remove_stale_temporaries(self.checkpoint_root)
+            if self.run_config is not None:
+                with atomic_path(self.out_dir / "run_config.json") as tmp:
+                    tmp.write_text(json.dumps(self.run_config, indent=1) + "\n")
             with atomic_path(self.out_dir / "train_config.json") as tmp:
                 tmp.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        log.start(kept)
         if info is not None:  # last: nothing below may draw random numbers before the loop
             states = list(info.get("rng") or [])
             if len(states) == env.world_size:

@@ -44,6 +44,7 @@ class PointCloudDataset(Dataset):
         geometry: the geometry the points live in (voxelization, layer depths), or None.
         source_format: the format of the file the showers came from (``"pointcloud"``,
             ``"calochallenge"``, ...); voxel formats were dequantized.
+        path: that file, named in errors about its showers (None: not from a file).
     """
 
     points: np.ndarray
@@ -51,6 +52,7 @@ class PointCloudDataset(Dataset):
     conditions: Conditions
     geometry: Geometry | None = None
     source_format: str = "pointcloud"
+    path: str | None = None
 
     def __post_init__(self) -> None:
         self.points = np.ascontiguousarray(self.points, dtype=np.float32).reshape(-1, 5)
@@ -58,17 +60,17 @@ class PointCloudDataset(Dataset):
         if (len(self.offsets) != len(self.conditions) + 1 or self.offsets[0] != 0
                 or self.offsets[-1] != len(self.points) or np.any(np.diff(self.offsets) < 0)):
             raise InputError(f"{len(self.offsets)} offsets for {len(self.conditions)} showers and "
-                             f"{len(self.points)} points", key="offsets",
+                             f"{len(self.points)} points", path=self.path, key="offsets",
                              expected="N + 1 non-decreasing offsets from 0 to the number of points")
 
     @classmethod
-    def from_showers(cls, showers: PointShowers, source_format: str = "pointcloud"
-                     ) -> PointCloudDataset:
+    def from_showers(cls, showers: PointShowers, source_format: str = "pointcloud",
+                     path: str | os.PathLike[str] | None = None) -> PointCloudDataset:
         """From padded point clouds (the padding is dropped)."""
         counts = showers.mask.sum(axis=1).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         return cls(showers.points[showers.mask], offsets, showers.conditions, showers.geometry,
-                   source_format)
+                   source_format, None if path is None else str(path))
 
     def __len__(self) -> int:
         return len(self.conditions)
@@ -101,7 +103,7 @@ class PointCloudDataset(Dataset):
         else:
             take = np.zeros(0, dtype=np.int64)
         return PointCloudDataset(self.points[take], offsets, self.conditions[idx], self.geometry,
-                                 self.source_format)
+                                 self.source_format, self.path)
 
     def to_showers(self, indices: Sequence[int] | np.ndarray | None = None) -> PointShowers:
         """Padded :class:`PointShowers` of ``indices`` (all when None)."""
@@ -138,10 +140,19 @@ def load_point_dataset(
         geometry: passed to the reader (needed for files that do not name theirs).
 
     Returns:
-        The :class:`PointCloudDataset` (``source_format`` records the file's format).
+        The :class:`PointCloudDataset` (``source_format`` records the file's format, ``path``
+        the file).
+
+    Raises:
+        InputError: a ``max_showers`` below 1, or a file the readers reject.
     """
     from showerformer.io import SparseVoxelFile, detect_format, read_showers
 
+    if max_showers is not None and (isinstance(max_showers, bool)
+                                    or not isinstance(max_showers, int | np.integer)
+                                    or max_showers < 1):
+        raise InputError(f"{max_showers!r}", key="max_showers",
+                         expected="a positive number of showers, or none for all")
     p = Path(path)
     fmt = detect_format(p)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE9A]))
@@ -159,16 +170,16 @@ def load_point_dataset(
         xyz = geo.dequantize(cells, rng)
         flat = np.concatenate([xyz, energies[:, None], geo.layer_of_cell[cells][:, None]], axis=1)
         offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-        return PointCloudDataset(flat, offsets, conditions, geo, fmt)
+        return PointCloudDataset(flat, offsets, conditions, geo, fmt, str(p))
     stop = {} if max_showers is None or fmt == "edm4hep" else {"stop": int(max_showers)}
     showers = read_showers(p, geometry, **stop)
     if isinstance(showers, VoxelShowers):
         thr = _threshold(showers.geometry, threshold)
         return PointCloudDataset.from_showers(
-            showers.to_points(dequantize=True, rng=rng, threshold=thr), fmt)
+            showers.to_points(dequantize=True, rng=rng, threshold=thr), fmt, p)
     if max_showers is not None:
         showers = showers[: int(max_showers)]
-    return PointCloudDataset.from_showers(showers, fmt)
+    return PointCloudDataset.from_showers(showers, fmt, p)
 
 
 def _threshold(geometry: Geometry, threshold: float | None) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -14,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from showerformer._atomic import atomic_path
 from showerformer.errors import InputError
 from showerformer.training.data import SparseVoxelDataset, split_indices
 from showerformer.training.engine import (
@@ -22,6 +20,13 @@ from showerformer.training.engine import (
     Trainer,
     TrainResult,
     autocast_dtype,
+    check_count,
+    check_device,
+    check_enough_samples,
+    check_max_steps,
+    check_run_folder,
+    check_setting,
+    check_val_fraction,
     load_run_config,
 )
 
@@ -63,18 +68,43 @@ def regression_datasets(
 
     Returns:
         ``(train, val)``; ``val`` is None when there is no validation data.
+
+    Raises:
+        InputError: a file without events, targets that are missing, NaN or infinite, a
+            validation file of another geometry, or a ``val_fraction`` outside [0, 1), naming
+            the file and the key.
     """
-    full = SparseVoxelDataset(data, target_key, target_scale, in_memory=in_memory)
+    check_val_fraction(val_fraction)
+    full = _labelled(SparseVoxelDataset(data, target_key, target_scale, in_memory=in_memory))
     if val_data is not None:
-        val = SparseVoxelDataset(val_data, target_key, target_scale, in_memory=in_memory)
+        val = _labelled(SparseVoxelDataset(val_data, target_key, target_scale,
+                                           in_memory=in_memory))
         if val.shape != full.shape:
             raise InputError(f"event shape {val.shape}", path=val.path, key="geometry",
                              expected=f"{full.shape} as in {full.path}")
         return full, val
     if not val_fraction:
         return full, None
+    if len(full) < 2:
+        raise InputError(f"{len(full)} event cannot be split into training and validation",
+                         path=full.path, key="events",
+                         expected="at least two events, or a separate --val-data file")
     train_idx, val_idx = split_indices(len(full), float(val_fraction), seed)
     return full.subset(train_idx), full.subset(val_idx)
+
+
+def _labelled(ds: SparseVoxelDataset) -> SparseVoxelDataset:
+    """``ds`` after checking that it has events and that every target is finite."""
+    if len(ds) == 0:
+        raise InputError("no events", path=ds.path, key="events",
+                         expected="at least one event")
+    targets = ds.targets
+    if targets is not None and not np.isfinite(targets).all():
+        bad = np.flatnonzero(~np.isfinite(targets))
+        raise InputError(f"{len(bad)} of {len(targets)} targets are NaN or infinite (first at "
+                         f"event {int(ds.indices[bad[0]])})", path=ds.path, key=ds.target_key,
+                         expected="a finite value for every event")
+    return ds
 
 
 def build_regressor(run: RunConfig, train: SparseVoxelDataset,
@@ -136,6 +166,7 @@ def train_regressor(
     val_data: str | os.PathLike[str] | None = None,
     val_fraction: float | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     max_steps: int | None = None,
     device: str | None = None,
     progress: bool = True,
@@ -151,6 +182,8 @@ def train_regressor(
         val_fraction: held-out share of ``data`` when there is no ``val_data`` (default: the
             config's, else 0.1).
         resume: continue from the run folder's last checkpoint.
+        overwrite: replace the checkpoints of an earlier run in the run folder (without it
+            a fresh run into such a folder is refused).
         max_steps: overrides ``train.max_steps`` (with ``epochs`` also set, the earlier stop
             wins).
         device: overrides ``train.device``.
@@ -159,16 +192,23 @@ def train_regressor(
     Returns:
         The :class:`~showerformer.training.engine.TrainResult`.
     """
+    check_val_fraction(val_fraction)
+    check_max_steps(max_steps)
     run = load_run_config(config, data_keys=DATA_KEYS)
     train_cfg = run.train.with_overrides(out_dir=out_dir, max_steps=max_steps, device=device)
-    d = run.data
-    target_key = str(d.get("target_key", "momentum"))
-    target_scale = float(d.get("target_scale", 1e-3))
+    d = _data_settings(run)
+    if device is not None:
+        check_device(device)
+    else:
+        check_device(train_cfg.device, "train.device", run.path)
+    check_run_folder(train_cfg.out_dir, resume, overwrite=overwrite)
+    target_key, target_scale = d["target_key"], d["target_scale"]
     if val_fraction is None and val_data is None:
-        val_fraction = float(d.get("val_fraction", _DEFAULT_VAL_FRACTION))
+        val_fraction = d["val_fraction"]
     train_ds, val_ds = regression_datasets(
         data, val_data=val_data, val_fraction=val_fraction, target_key=target_key,
-        target_scale=target_scale, seed=train_cfg.seed, in_memory=bool(d.get("in_memory", True)))
+        target_scale=target_scale, seed=train_cfg.seed, in_memory=d["in_memory"])
+    check_enough_samples(len(train_ds), train_cfg, data, run.path)
     torch.manual_seed(train_cfg.seed)  # reproducible initial weights
     model = build_regressor(run, train_ds)
     mcfg = model.config  # type: ignore[attr-defined]
@@ -191,15 +231,32 @@ def train_regressor(
                  "n_train": len(train_ds), "n_val": 0 if val_ds is None else len(val_ds)},
         "run_config": str(run.path) if run.path else None,
     }
-    out = Path(train_cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"model": {"family": run.family, **mcfg.to_dict()},
-                "train": train_cfg.to_dict(), "data": {**d, "target_key": target_key,
+                "train": train_cfg.to_dict(), "data": {**run.data, "target_key": target_key,
                                                        "target_scale": target_scale}}
-    with atomic_path(out / "run_config.json") as tmp:
-        tmp.write_text(json.dumps(resolved, indent=1) + "\n")
-    trainer = Trainer(model, train_ds, val_ds, train_cfg, progress=progress, metadata=metadata)
-    return trainer.fit(resume=resume)
+    trainer = Trainer(model, train_ds, val_ds, train_cfg, progress=progress, metadata=metadata,
+                      run_config=resolved)
+    return trainer.fit(resume=resume, overwrite=overwrite)
+
+
+def _data_settings(run: RunConfig) -> dict[str, Any]:
+    """The ``data:`` section of a regressor config with defaults, checked (errors name the
+    config file and ``data.<key>``)."""
+    d = run.data
+    out: dict[str, Any] = {
+        "target_key": check_setting(d.get("target_key", "momentum"), str, "data.target_key",
+                                    run.path),
+        "target_scale": check_setting(d.get("target_scale", 1e-3), float, "data.target_scale",
+                                      run.path),
+        "val_fraction": check_setting(d.get("val_fraction", _DEFAULT_VAL_FRACTION), float,
+                                      "data.val_fraction", run.path),
+        "in_memory": check_setting(d.get("in_memory", True), bool, "data.in_memory", run.path),
+    }
+    if not out["target_scale"] > 0:
+        raise InputError(f"{out['target_scale']!r}", path=run.path, key="data.target_scale",
+                         expected="a positive factor (1e-3: MeV -> GeV)")
+    check_val_fraction(out["val_fraction"], path=run.path, key="data.val_fraction")
+    return out
 
 
 @torch.no_grad()
@@ -279,37 +336,61 @@ def predict_file(
     Returns:
         A summary: ``path``, ``events``, ``has_truth``, ``checkpoint``, ``weights`` and, with
         truth, ``mae`` and ``rmse``.
-    """
-    import h5py
 
-    from showerformer.training.checkpoint import load_checkpoint
+    Raises:
+        InputError: a batch size below 1, a checkpoint that is not a regressor's or whose
+            metadata is damaged, a data file without events, of another geometry or with NaN
+            or infinite true values (naming the file and the key).
+        OutputError: an output path that cannot be written, checked before any work.
+    """
+
+    from showerformer._paths import check_output_file
+    from showerformer.training.checkpoint import (
+        CHECKPOINT_JSON,
+        load_checkpoint,
+        read_checkpoint_info,
+        resolve_checkpoint,
+    )
     from showerformer.training.distributed import resolve_device
 
+    if batch_size is not None:
+        check_count(batch_size, "--batch-size", "a positive number of events per batch")
+    check_device(device)
+    out = check_output_file(out, option="--out")
     dev = resolve_device(device)
-    model, info = load_checkpoint(checkpoint, device=dev, ema=ema, which=which)
+    folder = resolve_checkpoint(checkpoint, which)
+    _check_regressor(read_checkpoint_info(folder))
+    model, info = load_checkpoint(folder, device=dev, ema=ema, which=which)
+    jpath = folder / CHECKPOINT_JSON
     prep = info.get("preprocessing") or {}
     train_cfg = info.get("train_config") or {}
-    target_key = prep.get("target_key", "momentum")
-    target_scale = float(prep.get("target_scale", 1e-3))
+    target_key = check_setting(prep.get("target_key", "momentum"), str,
+                               "preprocessing.target_key", jpath)
+    target_scale = check_setting(prep.get("target_scale", 1e-3), float,
+                                 "preprocessing.target_scale", jpath)
     try:
         ds = SparseVoxelDataset(data, target_key, target_scale)
     except InputError as exc:
         if exc.key != target_key:
             raise
         ds = SparseVoxelDataset(data, None, target_scale)
+    _labelled(ds)
     expected = prep.get("shape")
     if expected is not None and list(ds.shape) != list(expected):
         raise InputError(f"event shape {ds.shape}", path=ds.path, key="geometry",
                          expected=f"{tuple(expected)} as the model was trained on")
-    size = int(batch_size or train_cfg.get("val_batch_size") or train_cfg.get("batch_size") or 64)
+    size = batch_size or train_cfg.get("val_batch_size") or train_cfg.get("batch_size") or 64
+    size = check_setting(size, int, "train_config.batch_size", jpath)
     if size < 1:
-        raise InputError(f"batch_size={size}", key="batch_size", expected="at least 1")
+        raise InputError(f"batch_size={size}", path=jpath, key="train_config.batch_size",
+                         expected="at least 1")
     pred = predict_dataset(model, ds, batch_size=size, device=dev,
                            precision=str(train_cfg.get("precision", "fp32")), progress=progress)
     true = ds.targets
     unit = prep.get("target_unit", "GeV")
-    out = Path(out)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    from showerformer.io._h5file import create_h5
+
+    with create_h5(out) as (f, _):
         if true is not None:
             f.create_dataset("true", data=np.asarray(true, dtype=np.float64))
         f.create_dataset("pred", data=pred)
@@ -327,3 +408,21 @@ def predict_file(
         summary["mae"] = float(np.mean(np.abs(d)))
         summary["rmse"] = float(np.sqrt(np.mean(d * d)))
     return summary
+
+
+def _check_regressor(info: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` (naming ``checkpoint.json`` and ``family``) unless the
+    checkpoint holds a registered regressor family."""
+    from showerformer.models import MODELS
+    from showerformer.training.checkpoint import CHECKPOINT_JSON
+
+    family = info.get("family")
+    cls = MODELS.get(family) if isinstance(family, str) else None
+    if cls is None or getattr(cls, "task", None) != "regression":
+        hint = (" ('showerformer sample' generates showers with it)"
+                if cls is not None and getattr(cls, "task", None) == "generation" else "")
+        raise InputError(f"a '{family}' checkpoint{hint}",
+                         path=Path(str(info.get("path", "."))) / CHECKPOINT_JSON, key="family",
+                         expected="a regressor checkpoint (showerformer train regressor), e.g. "
+                                  + ", ".join(sorted(n for n, c in MODELS.items()
+                                                     if getattr(c, "task", None) == "regression")))
