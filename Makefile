@@ -10,7 +10,13 @@ PIP := $(PY) -m pip
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean setup-test setup-demo
+# make test-oldest: the same suite on the oldest releases pyproject.toml allows, in its own venv.
+VENV_OLDEST ?= .venv-oldest
+CONSTRAINTS_OLDEST ?= constraints/oldest.txt
+TORCH_INDEX_URL ?=
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+
+.PHONY: demo test lint bench clean setup-test setup-demo test-oldest setup-oldest clean-oldest
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +51,33 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## make test-oldest: the suite on the lower bounds of every dependency (constraints/oldest.txt)
+# The venv is rebuilt from scratch whenever pyproject.toml or the constraints change, so no newer
+# release is left over from an earlier run. torch comes from TORCH_SPEC (plus TORCH_INDEX_URL
+# when set) and is then pinned, so that pip cannot swap it for another build.
+$(VENV_OLDEST)/.installed: pyproject.toml $(CONSTRAINTS_OLDEST)
+	$(PYTHON) constraints/check_oldest.py $(CONSTRAINTS_OLDEST)
+	rm -rf $(VENV_OLDEST)
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install --quiet --upgrade pip
+	$(PY_OLDEST) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY_OLDEST) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV_OLDEST)/torch.txt
+	$(PY_OLDEST) -m pip install --quiet -c $(CONSTRAINTS_OLDEST) -c $(VENV_OLDEST)/torch.txt \
+		-e ".[test,plot,root]"
+	$(PY_OLDEST) -m pip check
+	@touch $@
+
+setup-oldest: $(VENV_OLDEST)/.installed
+
+test-oldest: $(VENV_OLDEST)/.installed
+	@$(PY_OLDEST) -c "from importlib.metadata import version; \
+		pins = [s.split('==')[0] for s in open('$(CONSTRAINTS_OLDEST)') if s[0].isalnum()]; \
+		print('installed:', *[p + '==' + version(p) for p in ['torch', *pins]])"
+	$(PY_OLDEST) -m pytest $(PYTEST_ARGS)
+
+clean-oldest:
+	rm -rf $(VENV_OLDEST)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build dist
