@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,6 +54,26 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _check_options(**values: Any) -> None:
+    """Refuse bad option values before any work, naming the option."""
+    from showerformer.errors import InputError
+
+    modes = ("cpu", "full", "none")
+    checks = {
+        "classifier": (lambda v: v in modes, " or ".join(repr(m) for m in modes)),
+        "repeats": (lambda v: v >= 1, "at least 1 repetition"),
+        "seed": (lambda v: v >= 0, "an integer >= 0"),
+        "threshold": (lambda v: math.isfinite(v) and v >= 0, "a voxel energy >= 0 MeV"),
+        "max_showers": (lambda v: v >= 1, "a positive number of showers"),
+        "bins": (lambda v: v >= 1, "a positive number of bins"),
+    }
+    for name, value in values.items():
+        ok, expected = checks[name]
+        if value is not None and not ok(value):
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"{option} {value!r}", key=option, expected=expected)
+
+
 def evaluate(
     reference: Annotated[Path, typer.Option(
         help="Reference sample (e.g. Geant4): CaloChallenge, Par04, point-cloud or EDM4hep "
@@ -81,12 +102,38 @@ def evaluate(
     embed_images: Annotated[bool, typer.Option(
         "--embed-images", help="Embed the plots in report.html (one self-contained file).")]
         = False,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="--out holds another comparison's results: remove them (its "
+                          "metrics.json, report.html and plots, nothing else) and write these.")]
+        = False,
+    drop_outside: Annotated[bool, typer.Option(
+        "--drop-outside", help="Leave out points of point clouds that lie outside the geometry "
+                               "and report how many, and their energy (default: refuse such "
+                               "files).")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Folder of the temporary voxel cache of the low-level classifier tests (4 bytes "
+             "per voxel and shower, removed at the end; default the system temporary "
+             "folder).")] = None,
 ) -> None:
     """Compare a generated shower sample with a reference: CaloChallenge features, separation
     powers, FPD/KPD and classifier AUCs; writes metrics.json, plots and report.html."""
-    from rich.console import Console
-    from rich.table import Table
+    _check_options(classifier=classifier, repeats=repeats, seed=seed, threshold=threshold,
+                   max_showers=max_showers)
+    from showerformer._paths import check_output_dir
+    from showerformer.errors import InputError
+    from showerformer.geometry import get_geometry
 
+    check_output_dir(out, option="--out")
+    if geometry is not None:
+        try:
+            get_geometry(geometry)
+        except InputError as exc:
+            if exc.path is not None:  # a binning XML that cannot be read names itself
+                raise
+            raise InputError(exc.what, key="--geometry", expected=exc.expected) from None
+    from rich.console import Console
+
+    from showerformer.commands.tables import ResultTable, show_table
     from showerformer.evaluation.pipeline import evaluate_files
 
     console = Console()
@@ -95,20 +142,19 @@ def evaluate(
             reference, generated, geometry=geometry, out_dir=out, classifier=classifier,
             n_repeats=repeats, seed=seed, threshold=threshold, max_showers=max_showers,
             plots=not no_plots, distances=fpd_kpd, embed_images=embed_images,
+            replace=replace, cache_dir=cache_dir, outside="drop" if drop_outside else "error",
             progress=lambda msg: status.update(f"evaluating: {msg}"),
         )
     inputs = metrics["inputs"]
-    table = Table(title=f"{generated} vs {reference} ({inputs['geometry']}, "
+    table = ResultTable(f"{generated} vs {reference} ({inputs['geometry']}, "
                         f"{inputs['reference']['n_showers']:,} / "
                         f"{inputs['generated']['n_showers']:,} showers)",
-                  title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value")
+                        ["metric", "value"], left=frozenset({"metric", "value"}))
     for name, value in headline_rows(metrics):
         table.add_row(name, value)
-    console.print(table)
+    show_table(table, console)
     for w in metrics.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     console.print(f"metrics: {out / 'metrics.json'}", highlight=False)
     console.print(f"report:  {out / 'report.html'}", highlight=False)
 
@@ -130,20 +176,23 @@ def evaluate_regression(
 ) -> None:
     """Evaluate regression predictions: MAE, RMSE, MAPE, bias and sigma68 overall and per bin,
     and the resolution fit sigma/E = a/sqrt(E) (+) b (+) c/E."""
-    from rich.console import Console
-    from rich.table import Table
+    _check_options(bins=bins, seed=seed)
+    from showerformer._paths import check_output_dir
 
+    check_output_dir(out, option="--out")
+    from rich.console import Console
+
+    from showerformer.commands.tables import ResultTable, show_table
     from showerformer.evaluation.regression import evaluate_regression_file
 
     result = evaluate_regression_file(predictions, out, bins=bins, seed=seed,
                                       plots=not no_plots, embed_images=embed_images)
     unit = result.get("unit") or ""
     u = f" [{unit}]" if unit else ""
-    table = Table(title=f"{predictions}: {result['quantity']}, {result['n']:,} entries",
-                  title_justify="left")
-    for col in ("method", f"MAE{u}", f"RMSE{u}", "MAPE [%]", f"bias{u}", f"sigma68{u}",
-                "a (stoch.)", "b (const.)", "c (noise)"):
-        table.add_column(col, style="bold" if col == "method" else None)
+    table = ResultTable(f"{predictions}: {result['quantity']}, {result['n']:,} entries",
+                        ["method", f"MAE{u}", f"RMSE{u}", "MAPE [%]", f"bias{u}",
+                         f"sigma68{u}", "a (stoch.)", "b (const.)", "c (noise)"],
+                        left=frozenset({"method"}))
     for name, m in result["methods"].items():
         fit = m.get("resolution_fit") or {}
         terms = ([f"{_num(fit[k])} ± {_num(fit[k + '_err'], 2)}" for k in "abc"]
@@ -151,6 +200,6 @@ def evaluate_regression(
         table.add_row(name, _num(m["mae"]), _num(m["rmse"]), _num(m["mape"]), _num(m["bias"]),
                       _num(m["sigma68"]), *terms)
     console = Console()
-    console.print(table)
+    show_table(table, console)
     console.print(f"metrics: {out / 'metrics.json'}", highlight=False)
     console.print(f"report:  {out / 'report.html'}", highlight=False)

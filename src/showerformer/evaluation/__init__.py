@@ -13,6 +13,7 @@ from showerformer.evaluation.features import (
     histogram_names,
     official_binning,
 )
+from showerformer.evaluation.inputs import ArrayRows, LowLevelRows, VoxelCache
 from showerformer.evaluation.metrics import (
     DistanceEstimate,
     format_fpd_kpd,
@@ -29,11 +30,14 @@ from showerformer.evaluation.metrics import (
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "ArrayRows",
     "ClassifierConfig",
     "ClassifierResult",
     "DistanceEstimate",
     "FeatureAccumulator",
     "FeatureSet",
+    "LowLevelRows",
+    "VoxelCache",
     "classifier_inputs",
     "classifier_inputs_streaming",
     "compute_features",

@@ -252,6 +252,15 @@ def _layout(geometry: Geometry) -> _Layout:
 
 
 # ---------------------------------------------------------------------------- feature set
+def _check_bins(bins: Any, name: str) -> np.ndarray:
+    """Bin edges as float64, (n_edges,), refused unless finite and increasing."""
+    e = np.asarray(bins, dtype=np.float64)
+    if e.ndim != 1 or len(e) < 2 or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
+        raise InputError(f"bin edges of {name} {e.reshape(-1)[:4].tolist()}...", key="bins",
+                         expected="at least two finite, increasing edges")
+    return e
+
+
 @dataclass
 class FeatureSet:
     """Per-shower high-level features and accumulated summaries of one sample.
@@ -321,8 +330,11 @@ class FeatureSet:
         """Counts of a feature (or of ``"voxel_energy"``) in ``bins`` (edges), float64.
 
         Entries outside the edges are dropped, as ``np.histogram`` and the official plots do.
+
+        Raises:
+            InputError: edges that are not finite and increasing, an unknown feature.
         """
-        bins = np.asarray(bins, dtype=np.float64)
+        bins = _check_bins(bins, name)
         if name == VOXEL_KEY:
             return self.voxel_histogram(bins)
         counts, _ = np.histogram(self.values(name), bins=bins)
@@ -335,7 +347,7 @@ class FeatureSet:
         lies on a grid edge or outside [voxel_min, voxel_max]; elsewhere the one fine bin that
         holds the edge is split log-linearly.
         """
-        bins = np.asarray(bins, dtype=np.float64)
+        bins = _check_bins(bins, VOXEL_KEY)
         below = self._count_below(bins)  # (n_edges,)
         total = float(self.voxel_hist.sum())
         if len(bins) and (bins[-1] >= self.voxel_max or not np.isfinite(self.voxel_max)):
@@ -501,6 +513,12 @@ class FeatureAccumulator:
         lay = self.layout
         b = len(x)
         xt, x64, mask = self._buffers(b)
+        # validate before any arithmetic: NaN or inf would reach the matmul below (and warn)
+        np.isfinite(x, out=mask)
+        if not mask.all():
+            i = int(np.flatnonzero(~mask.all(axis=1))[0])
+            raise InputError(f"shower {self._n + i} contains NaN or inf", key="showers",
+                             expected="finite voxel energies")
         # threshold as the official np.where(shower < min_energy, 0, shower), in float32
         np.less(x, self._thr32, out=mask)
         np.copyto(xt, x)
@@ -518,11 +536,6 @@ class FeatureAccumulator:
             for i, (sl, w) in enumerate(zip(lay.slices, lay.weights, strict=True)):
                 moments[:, i] = x64[:, sl] @ w
                 nnz[:, i] = np.count_nonzero(mask[:, sl], axis=1)
-        etot = moments[:, :, 0].sum(axis=1)
-        if not np.isfinite(etot).all():
-            i = int(np.flatnonzero(~np.isfinite(etot))[0])
-            raise InputError(f"shower {self._n + i} contains NaN or inf", key="showers",
-                             expected="finite voxel energies")
         self._einc.append(einc.copy())
         self._blocks.append(lay.derive(moments, nnz, einc))
         self._sum += x64.sum(axis=0)

@@ -12,12 +12,10 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 import scipy.stats
 
@@ -94,6 +92,8 @@ def separation_power(h_ref: np.ndarray, h_gen: np.ndarray) -> float:
     if p.shape != q.shape:
         raise InputError(f"histograms of shapes {p.shape} and {q.shape}",
                          expected="the same bins")
+    if not (np.isfinite(p).all() and np.isfinite(q).all()):
+        raise InputError("non-finite histogram counts", expected="finite counts >= 0")
     if (p < 0).any() or (q < 0).any():
         raise InputError("negative histogram counts", expected="counts >= 0")
     sp, sq = p.sum(), q.sum()
@@ -210,8 +210,9 @@ def scale_outliers(real: np.ndarray, gen: np.ndarray, names: Sequence[str],
     sample does then dominates both distances, the degree-4 kernel of KPD raising the ratio to
     the eighth power. The distances stay as officially defined; this names the cause.
     """
-    r = np.abs(np.asarray(real, dtype=np.float64)).max(axis=0)
-    g = np.abs(np.asarray(gen, dtype=np.float64)).max(axis=0)
+    real, gen = _check_matrices(real, gen)
+    r = _abs_max(real)
+    g = _abs_max(gen)
     scale = np.where(r == 0, 1.0, r)
     ratio = g / scale
     out = []
@@ -240,17 +241,55 @@ def _check_matrices(real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.n
     return real, gen
 
 
-def _normalise(real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both divided by the largest |value| of each reference feature (1 where that is 0)."""
-    maxes = np.max(np.abs(real), axis=0)
+def _abs_max(a: np.ndarray) -> np.ndarray:
+    """The largest |value| of each column, (d,), without an (N, d) temporary."""
+    return np.maximum(np.abs(a.max(axis=0)), np.abs(a.min(axis=0)))
+
+
+def _scales(real: np.ndarray, normalise: bool) -> np.ndarray | None:
+    """JetNet's feature scaling: the largest |value| of each reference feature (1 where that
+    is 0), or None without normalisation. The batches are divided by it after they are drawn,
+    which gives the same numbers as dividing the whole samples first without their copies."""
+    if not normalise:
+        return None
+    maxes = _abs_max(real)
     maxes[maxes == 0] = 1.0
-    return real / maxes, gen / maxes
+    return maxes
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        return scipy.linalg.sqrtm(a)
+def _draw(x: np.ndarray, rows: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """``x[rows]``, divided by ``scale`` when given, (len(rows), d)."""
+    batch = x[rows]
+    if scale is not None:
+        batch /= scale
+    return batch
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``Tr((sigma1 sigma2)^(1/2))`` of two symmetric positive semi-definite matrices.
+
+    With ``sigma1 = L L^T`` the eigenvalues of ``sigma1 sigma2`` are those of the symmetric
+    ``L^T sigma2 L``, so a Cholesky factorization and one symmetric eigenvalue problem replace
+    the general matrix square root of the product (JetNet's ``scipy.linalg.sqrtm``): the same
+    trace up to round-off, about twenty times faster, and without the loss of accuracy of
+    ``sqrtm`` on the singular products that constant features (e.g. a sparsity that never
+    changes) give. Round-off eigenvalues below zero count as zero.
+    """
+    s1 = 0.5 * (sigma1 + sigma1.T)
+    s2 = 0.5 * (sigma2 + sigma2.T)
+    # a feature constant in the first sample (zero row and column of sigma1) adds only zero
+    # eigenvalues to sigma1 sigma2: leave it out, so that a Cholesky factor usually exists
+    keep = np.diag(s1) > 0
+    if not keep.all():
+        s1, s2 = s1[np.ix_(keep, keep)], s2[np.ix_(keep, keep)]
+    try:
+        factor = np.linalg.cholesky(s1)  # sigma1 = L L^T: eig(sigma1 sigma2) = eig(L^T s2 L)
+    except np.linalg.LinAlgError:  # singular beyond constant features: a symmetric root
+        w, v = np.linalg.eigh(s1)
+        factor = v * np.sqrt(np.clip(w, 0.0, None))  # (v sqrt(w)) (v sqrt(w))^T = sigma1
+    m = factor.T @ s2 @ factor
+    ev = np.linalg.eigvalsh(0.5 * (m + m.T))
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
@@ -258,18 +297,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2):
     ``|mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``.
 
-    A product whose square root is not finite is retried with ``eps`` added to both diagonals,
-    and only the real part of the root is kept, as in JetNet.
+    The trace of the square root comes from a Cholesky factor and a symmetric eigenvalue
+    problem (see :func:`_trace_sqrt_product`); should they fail, they are retried with ``eps``
+    added to both diagonals, as JetNet retries its matrix square root.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
     diff = mu1 - mu2
-    covmean = _sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
+    try:
+        tr_covmean = _trace_sqrt_product(sigma1, sigma2)
+    except np.linalg.LinAlgError:
         offset = np.eye(len(sigma1)) * eps
-        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+        tr_covmean = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def _linear(x: np.ndarray, intercept: float, slope: float) -> np.ndarray:
@@ -314,7 +355,7 @@ def fpd(
         raise InputError(f"min_samples={min_samples}, max_samples={max_samples}, "
                          f"num_points={num_points}, num_batches={num_batches}",
                          expected="2 <= min_samples <= max_samples, num_points >= 2")
-    x, y = _normalise(real, gen) if normalise else (real, gen)
+    scale = _scales(real, normalise)
     batches = (1.0 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype(
         np.int32)
     rng = np.random.default_rng(seed)
@@ -322,9 +363,9 @@ def fpd(
     for size in batches:
         points = []
         for _ in range(num_batches):
-            i1 = rng.choice(len(x), size=int(size))
-            i2 = rng.choice(len(y), size=int(size))
-            s1, s2 = x[i1], y[i2]
+            i1 = rng.choice(len(real), size=int(size))
+            i2 = rng.choice(len(gen), size=int(size))
+            s1, s2 = _draw(real, i1, scale), _draw(gen, i2, scale)
             points.append(frechet_distance(s1.mean(axis=0), np.cov(s1, rowvar=False),
                                            s2.mean(axis=0), np.cov(s2, rowvar=False)))
         vals.append(np.mean(points))
@@ -335,18 +376,28 @@ def fpd(
 
 def _kernel_sum(a: np.ndarray, b: np.ndarray, degree: int, exclude_diagonal: bool,
                 block: int = 1024) -> float:
-    """Sum of (a.b / d + 1)^degree over all pairs, blockwise (the diagonal left out if asked)."""
+    """Sum of (a.b / d + 1)^degree over all pairs, blockwise (the diagonal left out if asked).
+
+    ``a`` against itself (``b is a``) uses the kernel's symmetry: only the blocks on and above
+    the diagonal are computed, those above counted twice.
+    """
     d = a.shape[1]
     total = 0.0
+    symmetric = b is a
     for start in range(0, len(a), block):
-        k = a[start:start + block] @ b.T
+        rows_a = a[start:start + block]
+        k = rows_a @ (a[start:] if symmetric else b).T  # (block, columns)
         k /= d
         k += 1.0
         k = _power(k, degree)
         if exclude_diagonal:
             rows = np.arange(k.shape[0])
-            k[rows, start + rows] = 0.0
-        total += float(k.sum())
+            k[rows, (0 if symmetric else start) + rows] = 0.0
+        if symmetric:
+            b_rows = len(rows_a)
+            total += float(k[:, :b_rows].sum()) + 2.0 * float(k[:, b_rows:].sum())
+        else:
+            total += float(k.sum())
     return total
 
 
@@ -374,11 +425,8 @@ def mmd2_poly_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 4) -> float:
     References:
         Gretton et al., JMLR 13 (2012) 723, eq. 3; arXiv:2211.10295.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x, y = _check_matrices(x, y)
     m, n = len(x), len(y)
-    if m < 2 or n < 2:
-        raise InputError(f"samples of {m} and {n} rows", expected="at least 2 each")
     xx = _kernel_sum(x, x, degree, True) / (m * (m - 1))
     yy = _kernel_sum(y, y, degree, True) / (n * (n - 1))
     xy = _kernel_sum(x, y, degree, False) / (m * n)
@@ -421,13 +469,13 @@ def kpd(
     if num_batches < 1 or batch_size < 2:
         raise InputError(f"num_batches={num_batches}, batch_size={batch_size}",
                          expected="num_batches >= 1 and batch_size >= 2")
-    x, y = _normalise(real, gen) if normalise else (real, gen)
+    scale = _scales(real, normalise)
     vals = []
     for i in range(num_batches):
         rng = np.random.default_rng(seed + i * 1000)
-        i1 = rng.choice(len(x), size=batch_size)
-        i2 = rng.choice(len(y), size=batch_size)
-        vals.append(mmd2_poly_unbiased(x[i1], y[i2], degree))
+        i1 = rng.choice(len(real), size=batch_size)
+        i2 = rng.choice(len(gen), size=batch_size)
+        vals.append(mmd2_poly_unbiased(_draw(real, i1, scale), _draw(gen, i2, scale), degree))
     vals_arr = np.asarray(vals)
     error = float(scipy.stats.iqr(vals_arr, rng=(16.275, 83.725)) / 2.0)
     return DistanceEstimate(float(np.median(vals_arr)), error)

@@ -14,8 +14,11 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from showerformer import __version__
-from showerformer.errors import InputError
+from showerformer.errors import InputError, OutputError
 from showerformer.geometry import Geometry, get_geometry
-from showerformer.showers import PointShowers, VoxelShowers
+from showerformer.showers import PointShowers, VoxelShowers, outside_phrase
 
 __all__ = ["CLASSIFIER_KINDS", "CLASSIFIER_MODES", "ShowerSource", "evaluate_files", "open_source"]
 
@@ -42,7 +45,6 @@ PathLike = str | os.PathLike[str]
 SampleLike = PathLike | VoxelShowers | PointShowers
 
 _CHUNK_BYTES = 64 << 20  # float32 voxel bytes per streamed chunk
-_COLLECT_BYTES = 2 << 30  # low-level classifier inputs kept from the feature pass up to this
 _MIN_SHARE = 0.5  # each sample must have this share of showers inside the other's energy range
 _WORST = 10
 _FPD_MIN, _FPD_MAX, _KPD_BATCH = 20_000, 50_000, 5_000  # JetNet's default batch sizes
@@ -62,6 +64,10 @@ class ShowerSource:
         n: showers used (after ``max_showers``), None until known.
         n_in_file: showers in the file, None when not cheaply known.
         points: whether the sample is a point cloud (voxelized on the fly).
+        outside: what voxelizing does with points outside the geometry: ``"error"`` or
+            ``"drop"``.
+        dropped: points, energy (MeV) and showers dropped as outside the geometry in the
+            counted pass (``outside="drop"``).
     """
 
     role: str
@@ -72,9 +78,19 @@ class ShowerSource:
     n_in_file: int | None = None
     points: bool = False
     _stream: Callable[[int], Iterator[Any]] | None = field(default=None, repr=False)
+    outside: str = "error"
+    dropped: dict[str, float] = field(default_factory=lambda: {"points": 0, "energy_mev": 0.0,
+                                                               "showers": 0})
 
-    def chunks(self, chunk_size: int | None = None) -> Iterator[VoxelShowers]:
-        """The showers as validated :class:`VoxelShowers` chunks (a new pass each call)."""
+    def chunks(self, chunk_size: int | None = None, *, count: bool = False
+               ) -> Iterator[VoxelShowers]:
+        """The showers as validated :class:`VoxelShowers` chunks (a new pass each call).
+
+        Arguments:
+            chunk_size: showers per chunk (default about 64 MB of voxels).
+            count: add the points dropped outside the geometry to :attr:`dropped` (once per
+                evaluation: the features pass).
+        """
         if self.geometry is None:
             raise InputError("point clouds without a geometry", path=self._path, key="geometry",
                              expected="a geometry to voxelize them (e.g. --geometry ds2)")
@@ -83,7 +99,19 @@ class ShowerSource:
         for chunk in self._stream(size):
             if isinstance(chunk, PointShowers):
                 chunk.validate(path=self._path)
-                chunk = chunk.to_voxels(self.geometry)
+                if count and self.outside == "drop":
+                    out = chunk.outside_mask(self.geometry)  # (N, P)
+                    self.dropped["points"] += int(out.sum())
+                    self.dropped["energy_mev"] += float(
+                        chunk.points[..., 3][out].sum(dtype=np.float64))
+                    self.dropped["showers"] += int(out.any(axis=1).sum())
+                try:
+                    chunk = chunk.to_voxels(self.geometry, outside=self.outside)
+                except InputError as exc:  # name the file the points came from
+                    if exc.path is not None or self._path is None:
+                        raise
+                    raise InputError(exc.what, path=self._path, key=exc.key,
+                                     expected=exc.expected) from None
             else:
                 chunk.validate(path=self._path)
             yield chunk
@@ -221,17 +249,21 @@ def _check_geometries(ref: ShowerSource, gen: ShowerSource, explicit: bool) -> G
 
 
 class _Tracker:
-    """Wraps a chunk stream to count showers and collect particle ids on the way."""
+    """Wraps a chunk stream to count showers, collect particle ids and fill the voxel cache on
+    the way."""
 
-    def __init__(self, source: ShowerSource, chunk_size: int | None) -> None:
-        self.source, self.chunk_size = source, chunk_size
+    def __init__(self, source: ShowerSource, chunk_size: int | None,
+                 cache: Any | None = None) -> None:
+        self.source, self.chunk_size, self.cache = source, chunk_size, cache
         self.n = 0
         self.pdg: set[int] = set()
 
     def __iter__(self) -> Iterator[VoxelShowers]:
-        for chunk in self.source.chunks(self.chunk_size):
+        for chunk in self.source.chunks(self.chunk_size, count=True):
             self.n += len(chunk)
             self.pdg.update(int(p) for p in np.unique(chunk.conditions.pdg))
+            if self.cache is not None:  # the voxels of the low-level classifier inputs
+                self.cache.append(chunk.energies)
             yield chunk
 
 
@@ -376,6 +408,117 @@ def _check_classifier_size(n_ref: int, n_gen: int, config: Any) -> None:
             "showers per sample (more showers, or --classifier none)")
 
 
+# ---------------------------------------------------------------------------- output folder
+def _where(src: ShowerSource) -> str:
+    return src.label if src.format == "memory" else str(Path(src.label).resolve())
+
+
+def _jsonable(obj: Any) -> Any:
+    from showerformer.evaluation.report import json_clean
+
+    return json.loads(json.dumps(json_clean(obj)))
+
+
+def _previous_metrics(out: Path) -> dict[str, Any] | None:
+    """The metrics.json already in ``out`` (``{}`` when unreadable or foreign), None if none."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != "showerformer-evaluation":
+        return {}
+    return data
+
+
+def _legacy_comparison(prev: Mapping[str, Any]) -> dict[str, Any]:
+    """What a metrics.json without a ``comparison`` entry says about its comparison."""
+    inputs = prev.get("inputs", {})
+    return {"reference": inputs.get("reference", {}).get("path"),
+            "generated": inputs.get("generated", {}).get("path"),
+            "geometry": inputs.get("geometry"), "threshold_mev": inputs.get("threshold_mev"),
+            "max_showers": inputs.get("max_showers"), "seed": inputs.get("seed"),
+            "classifier": inputs.get("classifier")}
+
+
+def _difference(prev: Mapping[str, Any], comparison: Mapping[str, Any],
+                labels: tuple[str, str]) -> str | None:
+    """None when ``prev`` holds this comparison's results, else what differs (one phrase)."""
+    if not prev:
+        return "a metrics.json that is not a showerformer evaluation"
+    old = prev.get("comparison")
+    new = dict(comparison)
+    if not isinstance(old, dict):  # written before comparisons were recorded
+        old = _legacy_comparison(prev)
+        new = {k: (labels[0] if k == "reference" else labels[1] if k == "generated"
+                   else new.get(k)) for k in old}
+    for key in new:
+        if old.get(key) != new[key]:
+            return f"{key} {old.get(key)!r} instead of {new[key]!r}"
+    return None
+
+
+def _evaluation_files(prev: Mapping[str, Any], out: Path) -> list[Path]:
+    """The files an earlier evaluation wrote into ``out``: metrics.json, its report and plots
+    (only names inside ``out``)."""
+    names = ["metrics.json", str(prev.get("report") or "report.html")]
+    plots = prev.get("plots") or {}
+    groups = plots.values() if isinstance(plots, dict) else [plots]
+    for group in groups:
+        if isinstance(group, list):
+            names += [p for p in group if isinstance(p, str)]
+    root = out.resolve()
+    files = []
+    for name in dict.fromkeys(names):
+        p = (out / name).resolve()
+        if p.parent == root or root in p.parents:
+            files.append(out / name)
+    return files
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for p in paths:
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+
+
+def _check_out_dir(out: Path, comparison: Mapping[str, Any], replace: bool,
+                   labels: tuple[str, str]) -> tuple[list[Path], bool]:
+    """Refuse an output folder holding another comparison's results (unless ``replace``).
+
+    Returns:
+        The earlier evaluation's files and whether they all go before this one is written
+        (another comparison, replaced); for the same comparison only those this run does not
+        write again go, afterwards.
+    """
+    for name in ("metrics.json", "report.html"):
+        if (out / name).exists() and not (out / name).is_file():
+            raise OutputError(f"{name} in it is not a file", path=out, option="--out",
+                              expected="a folder where metrics.json and report.html can be "
+                              "written")
+    prev = _previous_metrics(out)
+    if prev is None:
+        return [], False
+    diff = _difference(prev, comparison, labels)
+    if diff is not None and not replace:
+        raise OutputError(f"holds the results of another comparison ({diff})", path=out,
+                          option="--out", expected="a new folder, the folder of this same "
+                          "comparison, or --replace to remove the earlier results")
+    return _evaluation_files(prev, out), diff is not None
+
+
+def _peak_rss_mib() -> float | None:
+    """The process's peak resident memory so far (MiB), None where unknown."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if os.uname().sysname != "Darwin" else peak / 1024.0**2
+
+
 # ---------------------------------------------------------------------------- main
 def evaluate_files(
     reference: SampleLike,
@@ -399,18 +542,26 @@ def evaluate_files(
     embed_images: bool = False,
     chunk_size: int | None = None,
     labels: tuple[str, str] = ("Reference", "Generated"),
+    replace: bool = True,
+    cache_dir: PathLike | None = None,
+    outside: str = "error",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a generated sample against a reference and write metrics.json, plots and
     report.html into ``out_dir``.
 
-    Both samples are streamed in chunks (bounded memory for the features; the low-level
-    classifier inputs are (N, n_cells) arrays and are kept only while their test runs).
+    Both samples are streamed in chunks, once: the features are accumulated and, when a
+    low-level classifier test is requested, the voxels are copied into an anonymous temporary
+    file (:class:`~showerformer.evaluation.inputs.VoxelCache`, 4 bytes per voxel and shower,
+    removed at the end) from which the classifier builds its inputs batch by batch. Memory
+    therefore stays bounded for samples of any size (the per-shower features, a few hundred
+    numbers per shower, are kept).
 
     Arguments:
         reference, generated: shower files of any supported format (CaloChallenge, Par04,
             point clouds, EDM4hep) or showers in memory.
-        out_dir: the output folder (created).
+        out_dir: the output folder (created). With ``replace=False`` a folder holding another
+            comparison's metrics.json is refused.
         geometry: preset name, binning XML or :class:`Geometry`; default the files' own
             (point clouds without one take the other sample's).
         classifier: ``"cpu"`` (small network on the CPU, printed with the result), ``"full"``
@@ -433,24 +584,36 @@ def evaluate_files(
         embed_images: embed the PNGs in report.html instead of linking them.
         chunk_size: showers per streamed chunk (default about 64 MB of voxels).
         labels: names of the two samples in plots.
+        replace: when ``out_dir`` holds another comparison's results, remove its files
+            (its metrics.json, report and plots; nothing else) once this evaluation is computed,
+            and write this one; False refuses such a folder before any work (the command line's
+            default, ``--replace`` to allow it). The same comparison's files are replaced
+            either way.
+        cache_dir: folder of the temporary voxel cache of the low-level classifier tests
+            (default the system temporary folder, ``$TMPDIR``).
+        outside: point clouds with points outside the geometry: ``"error"`` (default) refuses
+            them, ``"drop"`` leaves those points out and reports how many, their energy and
+            in how many showers (in the inputs and the warnings).
         progress: called with a short message at each stage.
 
     Returns:
-        The metrics (as written to metrics.json): ``inputs``, ``separation_power``
-        (``per_histogram``, ``groups``, ``mean``, ``mean_official``, ``worst``),
-        ``wasserstein`` and ``ks`` (per feature), ``fpd`` and ``kpd`` (``value``, ``error``,
-        ``value_x1e3``, ``error_x1e3``, or ``skipped``), ``classifier`` (``settings`` and one
-        result per input kind, or ``skipped``), ``plots`` (file names by section),
-        ``warnings``, ``timing_s``, ``report``.
+        The metrics (as written to metrics.json): ``inputs``, ``comparison`` (what identifies
+        this comparison in its folder), ``separation_power`` (``per_histogram``, ``groups``,
+        ``mean``, ``mean_official``, ``worst``), ``wasserstein`` and ``ks`` (per feature),
+        ``fpd`` and ``kpd`` (``value``, ``error``, ``value_x1e3``, ``error_x1e3``, or
+        ``skipped``), ``classifier`` (``settings`` and one result per input kind, or
+        ``skipped``), ``plots`` (file names by section), ``warnings``, ``timing_s`` and
+        ``peak_rss_mib`` (per stage), ``report``.
 
     Raises:
         InputError: unreadable inputs, different geometries, incident energies that do not
             overlap, different particles, empty or NaN-containing samples, too few showers for
             the classifier split, bad options.
+        OutputError: an output folder that cannot be written or holds another comparison
+            (with ``replace=False``), a cache folder without room, a disk that became full.
     """
+    from showerformer._paths import check_output_dir
     from showerformer.evaluation import features as F
-    from showerformer.evaluation import metrics as M
-    from showerformer.evaluation import report as R
 
     say = progress or (lambda _msg: None)
     if classifier not in CLASSIFIER_MODES:
@@ -468,47 +631,143 @@ def evaluate_files(
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise InputError(f"threshold={threshold}", key="threshold",
                          expected="a voxel energy >= 0 MeV")
+    if outside not in ("error", "drop"):
+        raise InputError(f"outside={outside!r}", key="outside", expected="'error' or 'drop'")
+    if n_single_showers < 0:
+        raise InputError(f"n_single_showers={n_single_showers}", key="n_single_showers",
+                         expected="0 or more")
+    out = check_output_dir(out_dir, option="--out")
     timing: dict[str, float] = {}
+    memory: dict[str, float | None] = {}
     t0 = time.perf_counter()
     geo_in = get_geometry(geometry) if geometry is not None else None
     say("opening the samples")
     ref = open_source(reference, "reference", geometry=geo_in, max_showers=max_showers)
     gen = open_source(generated, "generated", geometry=geo_in, max_showers=max_showers)
+    ref.outside = gen.outside = outside
     geo = _check_geometries(ref, gen, explicit=geo_in is not None)
     thr = float(threshold) if threshold is not None else F.default_threshold(geo)
     config = (_classifier_config(classifier, n_repeats, seed, classifier_config)
               if classifier != "none" and kinds else None)
     if config is not None and ref.n is not None and gen.n is not None:
         _check_classifier_size(ref.n, gen.n, config)
-
-    # features (one streamed pass per sample), low-level inputs kept when small
+    comparison = _jsonable({
+        "reference": _where(ref), "generated": _where(gen), "geometry": geo.name,
+        "n_cells": geo.n_cells, "threshold_mev": thr, "max_showers": max_showers,
+        "seed": seed, "classifier": classifier,
+        "classifier_settings": config.describe() if config is not None else None,
+        "classifier_inputs": list(kinds) if config is not None else [],
+        "fpd_kpd": bool(distances), "plots": bool(plots)})
+    earlier, replace_all = _check_out_dir(out, comparison, replace, (ref.label, gen.label))
     low_kinds = [k for k in kinds if k in ("low", "low_normed")] if config is not None else []
-    collect: tuple[str, ...] = ()
-    if low_kinds and ref.n is not None and gen.n is not None:
-        per_row = sum(geo.n_cells + 1 + (geo.n_layers if k == "low_normed" else 0)
-                      for k in low_kinds)
-        if (ref.n + gen.n) * per_row * 4 <= _COLLECT_BYTES:
-            collect = tuple(low_kinds)
+    with contextlib.ExitStack() as stack:
+        caches: dict[str, Any] = {}
+        if low_kinds:
+            caches = _open_caches(stack, ref, gen, geo, cache_dir)
+        result, fsets, sp, hl = _measure(ref, gen, geo, thr, config, kinds, distances,
+                                         max_showers, seed, classifier, fpd_options,
+                                         kpd_options, chunk_size, caches, timing, memory, say)
+        result["comparison"] = comparison
+        for src in (ref, gen):
+            if src.dropped["points"]:
+                result["warnings"].append(
+                    f"{src.role} {src.label}: " + outside_phrase(
+                        int(src.dropped["points"]), src.dropped["energy_mev"],
+                        int(src.dropped["showers"]), int(src.n or 0))
+                    + f" outside geometry {geo.name} were left out (--drop-outside)")
+        t = time.perf_counter()
+        low = {k: _low_rows(k, caches, fsets, geo, thr) for k in low_kinds}
+        result["classifier"] = _classifiers(config, kinds, hl, low, timing, say)
+        del low, hl
+        timing["classifier"] = time.perf_counter() - t
+        memory["classifier"] = _peak_rss_mib()
+    ref_fs, gen_fs = fsets
+
+    # outputs: plots, metrics.json, report.html (a full disk becomes one line)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if replace_all:  # another comparison's results go before anything of this one is written
+            _remove(earlier)
+        t = time.perf_counter()
+        result["plots"] = (_plots(ref, gen, ref_fs, gen_fs, sp, out, plot_layers,
+                                  n_single_showers, seed, labels, say) if plots else {})
+        timing["plots"] = time.perf_counter() - t
+        memory["plots"] = _peak_rss_mib()
+        timing["total"] = time.perf_counter() - t0
+        result["timing_s"] = timing
+        result["peak_rss_mib"] = memory
+        result["report"] = "report.html"
+        result["metrics_file"] = "metrics.json"
+        say("writing metrics.json and report.html")
+        from showerformer.evaluation import report as R
+
+        clean = R.json_clean(result)
+        R.write_json(out / "metrics.json", clean)
+        R.evaluation_report(clean, out, embed_images=embed_images)
+        if not replace_all:  # the same comparison: files it no longer writes go
+            _remove([p for p in earlier
+                     if p not in set(_evaluation_files(clean, out))])
+    except OSError as exc:
+        from showerformer._paths import disk_full_error
+
+        err = disk_full_error(exc, out)
+        if err is None or isinstance(exc, OutputError):
+            raise
+        raise err from exc
+    return clean
+
+
+def _open_caches(stack: contextlib.ExitStack, ref: ShowerSource, gen: ShowerSource,
+                 geo: Geometry, cache_dir: PathLike | None) -> dict[str, Any]:
+    """One voxel cache per sample, closed (removed) when ``stack`` closes; refused before any
+    work when the folder has no room for them."""
+    from showerformer._paths import check_output_dir
+    from showerformer.evaluation.inputs import VoxelCache
+
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+    need = (None if ref.n is None or gen.n is None
+            else float(ref.n + gen.n) * geo.n_cells * 4)
+    check_output_dir(folder, option="--cache-dir", estimated_bytes=need)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {src.role: stack.enter_context(VoxelCache(geo.n_cells, folder))
+            for src in (ref, gen)}
+
+
+def _measure(ref: ShowerSource, gen: ShowerSource, geo: Geometry, thr: float, config: Any,
+             kinds: Sequence[str], distances: bool, max_showers: int | None, seed: int,
+             classifier: str, fpd_options: Mapping[str, Any] | None,
+             kpd_options: Mapping[str, Any] | None, chunk_size: int | None,
+             caches: Mapping[str, Any], timing: dict[str, float],
+             memory: dict[str, float | None],
+             say: Callable[[str], None]) -> tuple[dict[str, Any], tuple[Any, Any],
+                                                  dict[str, float], dict[str, np.ndarray]]:
+    """Features (one streamed pass per sample, filling the caches), histogram metrics and
+    FPD / KPD: the metrics without classifier and plots, the two feature sets, the separation
+    powers and the high-level matrices (float32 when the classifier trains in float32)."""
+    from showerformer.evaluation import features as F
+    from showerformer.evaluation import metrics as M
+
+    t = time.perf_counter()
     say("computing features")
     trackers = {}
     fsets = {}
     for src in (ref, gen):
-        tracker = _Tracker(src, chunk_size)
-        fsets[src.role] = F.compute_features_streaming(tracker, threshold=thr, geometry=geo,
-                                                       collect=collect)
+        tracker = _Tracker(src, chunk_size, caches.get(src.role))
+        fsets[src.role] = F.compute_features_streaming(tracker, threshold=thr, geometry=geo)
         trackers[src.role] = tracker
         src.n = tracker.n
     ref_fs, gen_fs = fsets["reference"], fsets["generated"]
-    timing["features"] = time.perf_counter() - t0
+    timing["features"] = time.perf_counter() - t
+    memory["features"] = _peak_rss_mib()
     warnings_ = _check_conditions(ref_fs.incident_energy, gen_fs.incident_energy,
                                   trackers["reference"].pdg, trackers["generated"].pdg, ref, gen)
     if config is not None:
         _check_classifier_size(len(ref_fs), len(gen_fs), config)
-    fpd_opts, kpd_opts = _distance_design(min(len(ref_fs), len(gen_fs)), fpd_options,
-                                          kpd_options)
-    if distances and min(len(ref_fs), len(gen_fs)) < _FPD_MAX:
+    n_min = min(len(ref_fs), len(gen_fs))
+    fpd_opts, kpd_opts = _distance_design(n_min, fpd_options, kpd_options)
+    if distances and n_min < _FPD_MAX:
         warnings_.append(
-            f"FPD and KPD from {min(len(ref_fs), len(gen_fs)):,} showers per sample: the JetNet "
+            f"FPD and KPD from {n_min:,} showers per sample: the JetNet "
             f"design assumes at least {_FPD_MAX:,}; used FPD batches of "
             f"{fpd_opts.get('min_samples', _FPD_MIN):,}-{fpd_opts.get('max_samples', _FPD_MAX):,}"
             f" and KPD batches of {kpd_opts.get('batch_size', _KPD_BATCH):,} showers, so the "
@@ -540,16 +799,21 @@ def evaluate_files(
         "separation_power": _summarize_separation(sp, official),
         "wasserstein": w1,
         "ks": ks,
+        "warnings": warnings_,
     }
     timing["histogram_metrics"] = time.perf_counter() - t
+    memory["histogram_metrics"] = _peak_rss_mib()
 
-    # FPD / KPD on the high-level features
+    # FPD / KPD on the high-level features (the same matrix as the high-level classifier's)
     t = time.perf_counter()
+    hl: dict[str, np.ndarray] = {}
+    if distances or (config is not None and "high" in kinds):
+        hl = {"reference": M.high_level_feature_matrix(ref_fs),
+              "generated": M.high_level_feature_matrix(gen_fs)}
     if distances:
         say("FPD and KPD")
-        real_hl = M.high_level_feature_matrix(ref_fs)
-        gen_hl = M.high_level_feature_matrix(gen_fs)
-        n_min, d = min(len(real_hl), len(gen_hl)), real_hl.shape[1]
+        real_hl, gen_hl = hl["reference"], hl["generated"]
+        d = real_hl.shape[1]
         if n_min <= d and fpd_options is None:
             result["fpd"] = {"skipped": f"{n_min} showers for {d} high-level features: the "
                                         "covariance matrices would be singular"}
@@ -565,30 +829,12 @@ def evaluate_files(
                              "reference maximum")
     else:
         result["fpd"] = result["kpd"] = {"skipped": "not requested"}
+    if hl and config is not None and config.dtype == "float32":
+        # the classifier rounds its inputs to float32 first: keep only that copy from now on
+        hl = {role: m.astype(np.float32) for role, m in hl.items()}
     timing["fpd_kpd"] = time.perf_counter() - t
-
-    # classifier tests
-    t = time.perf_counter()
-    result["classifier"] = _classifiers(config, kinds, ref, gen, ref_fs, gen_fs, thr, geo,
-                                        chunk_size, say)
-    timing["classifier"] = time.perf_counter() - t
-
-    # plots and report
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    result["plots"] = (_plots(ref, gen, ref_fs, gen_fs, sp, out, plot_layers, n_single_showers,
-                              seed, labels, say) if plots else {})
-    timing["plots"] = time.perf_counter() - t
-    result["warnings"] = warnings_
-    timing["total"] = time.perf_counter() - t0
-    result["timing_s"] = timing
-    result["report"] = "report.html"
-    result["metrics_file"] = "metrics.json"
-    say("writing metrics.json and report.html")
-    R.write_json(out / "metrics.json", result)
-    R.evaluation_report(R.json_clean(result), out, embed_images=embed_images)
-    return R.json_clean(result)
+    memory["fpd_kpd"] = _peak_rss_mib()
+    return result, (ref_fs, gen_fs), sp, hl
 
 
 def _source_info(src: ShowerSource, fs: Any, pdg: set[int]) -> dict[str, Any]:
@@ -602,33 +848,41 @@ def _source_info(src: ShowerSource, fs: Any, pdg: set[int]) -> dict[str, Any]:
         "energy_max_mev": float(e.max()),
         "energy_mean_mev": float(e.mean()),
         "particles": ", ".join(str(p) for p in sorted(pdg - {0})) or None,
+        "dropped_outside_geometry": dict(src.dropped) if src.outside == "drop" else None,
     }
 
 
-def _classifiers(config: Any, kinds: Sequence[str], ref: ShowerSource, gen: ShowerSource,
-                 ref_fs: Any, gen_fs: Any, thr: float, geo: Geometry, chunk_size: int | None,
+def _low_rows(kind: str, caches: Mapping[str, Any], fsets: tuple[Any, Any], geo: Geometry,
+              thr: float) -> tuple[Any, Any]:
+    """The low-level inputs of both samples, built from the caches batch by batch."""
+    from showerformer.evaluation.inputs import LowLevelRows
+
+    rows = []
+    for role, fs in zip(("reference", "generated"), fsets, strict=True):
+        e_layer = np.stack([fs.features[f"E_layer_{lid}"] for lid in fs.layers], axis=1)
+        rows.append(LowLevelRows(caches[role], kind, fs.incident_energy, e_layer, geo, thr))
+    return rows[0], rows[1]
+
+
+def _classifiers(config: Any, kinds: Sequence[str], hl: Mapping[str, np.ndarray],
+                 low: Mapping[str, tuple[Any, Any]], timing: dict[str, float],
                  say: Callable[[str], None]) -> dict[str, Any]:
     if config is None:
         return {"skipped": "classifier test not requested"}
-    from showerformer.evaluation import features as F
     from showerformer.evaluation.classifier import run_classifier
 
     out: dict[str, Any] = {"settings": config.to_dict(), "description": config.describe()}
     for kind in kinds:
-        say(f"classifier test on {kind} inputs ({config.describe()})")
-        if kind == "high" or kind in ref_fs.low_level:
-            x_ref = F.classifier_inputs(ref_fs, kind)
-            x_gen = F.classifier_inputs(gen_fs, kind)
-        else:  # stream the sample again: (N, n_cells) inputs exist only during this test
-            x_ref = F.classifier_inputs_streaming(ref.chunks(chunk_size), kind, threshold=thr,
-                                                  geometry=geo)
-            x_gen = F.classifier_inputs_streaming(gen.chunks(chunk_size), kind, threshold=thr,
-                                                  geometry=geo)
-        res = run_classifier(x_ref, x_gen, config)
-        del x_ref, x_gen
+        t = time.perf_counter()
+        say(f"classifier test on {kind} inputs")
+        x_ref, x_gen = (hl["reference"], hl["generated"]) if kind == "high" else low[kind]
+        res = run_classifier(x_ref, x_gen, config,
+                             progress=lambda msg, k=kind: say(f"classifier test on {k} inputs, "
+                                                              f"{msg}"))
         d = res.to_dict()
         d.pop("config", None)
         out[kind] = d
+        timing[f"classifier_{kind}"] = time.perf_counter() - t
     return out
 
 

@@ -85,22 +85,20 @@ def _style(m: SimpleNamespace, font_size: float, minor: bool) -> list[dict[str, 
 @contextlib.contextmanager
 def _figure(path: PathLike, figsize: tuple[float, float], *, font_size: float = 14,
             dpi: int = _DPI, constrained: bool = True, minor: bool = True) -> Iterator[Any]:
-    """A Figure on an Agg canvas; saved as PNG to ``path`` (atomically) on exit, then cleared.
+    """A Figure on an Agg canvas; saved as PNG to ``path`` (atomically) on exit.
 
     Large grids pass ``constrained=False`` and ``minor=False``: the constrained layout and minor
-    ticks of a hundred axes cost seconds.
+    ticks of a hundred axes cost seconds. The figure is not cleared afterwards (clearing a
+    hundred axes costs seconds too); nothing else refers to it, so it is simply collected.
     """
     m = _modules()
     with m.mpl.style.context(_style(m, font_size, minor)):
         fig = m.Figure(figsize=figsize, dpi=dpi,
                        layout="constrained" if constrained else None)
         m.Canvas(fig)
-        try:
-            yield fig
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-        finally:
-            fig.clear()
+        yield fig
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
 
 
 def _out(path: PathLike) -> Path:
@@ -196,6 +194,10 @@ class FeatureHistogram:
         self.reference = np.asarray(self.reference, dtype=np.float64).reshape(-1)
         self.generated = np.asarray(self.generated, dtype=np.float64).reshape(-1)
         n = len(self.edges) - 1
+        for counts in (self.reference, self.generated):
+            if not np.isfinite(counts).all() or (counts < 0).any():
+                raise InputError(f"counts of {self.name or 'a feature'} are negative or not "
+                                 "finite", key="counts", expected="finite counts >= 0")
         if len(self.reference) != n or len(self.generated) != n:
             raise InputError(f"{len(self.reference)} and {len(self.generated)} counts for {n} "
                              f"bins of {self.name or 'a feature'}", key="counts",

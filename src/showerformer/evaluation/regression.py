@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from showerformer.errors import InputError
+from showerformer.errors import InputError, OutputError
 
 __all__ = [
     "QUANTILES_68",
@@ -65,6 +65,10 @@ def sigma68(residuals: Any) -> float:
     r = np.asarray(residuals, dtype=np.float64).reshape(-1)
     if r.size == 0:
         return math.nan
+    if not np.isfinite(r).all():
+        i = int(np.flatnonzero(~np.isfinite(r))[0])
+        raise InputError(f"non-finite residual {r[i]!r} at index {i}", key="residuals",
+                         expected="finite numbers")
     lo, hi = np.quantile(r, QUANTILES_68)
     return float(0.5 * (hi - lo))
 
@@ -329,6 +333,8 @@ def read_predictions(path: PathLike) -> dict[str, Any]:
 
     p = Path(path)
     expected = "an HDF5 file with datasets 'true' (N,) and 'pred' (N,) or (M, N)"
+    if p.is_dir():
+        raise InputError("is a directory, not a file", path=p, expected=expected)
     if not p.is_file():
         raise InputError("no such file", path=p, expected=expected)
     try:
@@ -337,10 +343,15 @@ def read_predictions(path: PathLike) -> dict[str, Any]:
         raise InputError(f"not a readable HDF5 file ({' '.join(str(exc).split())})", path=p,
                          expected=expected) from None
     with f:
-        for key in ("true", "pred"):
-            if key not in f or not isinstance(f[key], h5py.Dataset):
+        for key in ("true", "pred", "bins"):
+            if key not in f:
+                if key == "bins":
+                    continue
                 found = ", ".join(repr(k) for k in f.keys()) or "nothing"
                 raise InputError(f"missing (the file holds {found})", path=p, key=key,
+                                 expected=expected)
+            if not isinstance(f[key], h5py.Dataset):
+                raise InputError("is a group, not a dataset", path=p, key=key,
                                  expected=expected)
             if f[key].dtype.kind not in "fiu":
                 raise InputError(f"has dtype {f[key].dtype}", path=p, key=key,
@@ -351,6 +362,11 @@ def read_predictions(path: PathLike) -> dict[str, Any]:
         bins = np.asarray(f["bins"][()], dtype=np.float64) if "bins" in f else None
         quantity = _attr(f.attrs.get("quantity"), "energy")
         unit = _attr(f.attrs.get("unit"), "GeV")
+    if bins is not None:
+        bins = bins.reshape(-1)
+        if len(bins) < 2 or not np.isfinite(bins).all() or (np.diff(bins) <= 0).any():
+            raise InputError(f"bin edges {bins.tolist()[:6]}", path=p, key="bins",
+                             expected="at least two increasing finite edges")
     if true.ndim == 2 and true.shape[1] == 1:
         true = true[:, 0]
     if true.ndim != 1 or true.size == 0:
@@ -436,12 +452,17 @@ def evaluate_regression_file(
         The metrics written to metrics.json: ``{"file", "quantity", "unit", "n",
         "methods": {name: regression_metrics(...) + {"resolution_fit": fit or {"skipped"}}},
         "plots": [file names], "report": "report.html"}``.
+
+    Raises:
+        InputError: an unreadable or malformed predictions file (named with the dataset),
+            bad bins.
+        OutputError: an output folder that cannot be written, a disk that became full.
     """
+    from showerformer._paths import check_output_dir
     from showerformer.evaluation import report as report_mod
 
+    out = check_output_dir(out_dir, option="--out")
     data = read_predictions(predictions_h5)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     chosen = bins if bins is not None else (data["bins"] if data["bins"] is not None else 10)
     true, preds, names = data["true"], data["pred"], data["methods"]
     methods: dict[str, Any] = {}
@@ -458,11 +479,21 @@ def evaluate_regression_file(
         "methods": methods,
         "plots": [],
     }
-    if plots:
-        result["plots"] = [p.name for p in _regression_plots(result, true, preds, names, out)]
     result["report"] = "report.html"
-    report_mod.write_json(out / "metrics.json", result)
-    report_mod.regression_report(result, out, embed_images=embed_images)
+    try:  # a full disk becomes one line; earlier files are replaced atomically or kept
+        out.mkdir(parents=True, exist_ok=True)
+        if plots:
+            result["plots"] = [p.name for p in _regression_plots(result, true, preds, names,
+                                                                 out)]
+        report_mod.write_json(out / "metrics.json", result)
+        report_mod.regression_report(result, out, embed_images=embed_images)
+    except OSError as exc:
+        from showerformer._paths import disk_full_error
+
+        err = disk_full_error(exc, out)
+        if err is None or isinstance(exc, OutputError):
+            raise
+        raise err from exc
     return report_mod.json_clean(result)
 
 
