@@ -44,7 +44,7 @@ def demo(
     from showerformer.benchmark import run_regression_benchmark
     from showerformer.commands.benchmark import print_regression_table
     from showerformer.commands.evaluate import headline_rows
-    from showerformer.commands.files import info
+    from showerformer.commands.files import info_table
     from showerformer.commands.tables import ResultTable, show_table, write_summary
     from showerformer.evaluation.pipeline import evaluate_files
     from showerformer.io import read_showers, write_showers
@@ -92,7 +92,9 @@ def demo(
     simulate_to_file(sample, "ds2", n=n, seed=seed + 1000)
 
     step("2. inspect the files")
-    info(reference)
+    table = info_table(reference)
+    show_table(table, console)
+    record(table)
 
     step("3. convert voxels -> point cloud -> voxels")
     points_path = out / "ds2_reference_points.h5"
@@ -128,16 +130,19 @@ def demo(
                      progress=False)
     simulate_to_file(flow_test, "ds2", n=400, seed=seed + 3000, energy="1:5", progress=False)
     run = train_point_flow(flow_train, default_config_path("point_flow_demo"), out / "flow_run",
-                           max_steps=flow_steps, device="cpu")
+                           max_steps=flow_steps, device="cpu", overwrite=True)
     model, pre, run_info = load_point_flow(run.out_dir, device="cpu")
     held_out = read_showers(flow_test)
     t1 = time.perf_counter()
-    generated = generate_showers(model, pre, run_info, held_out.conditions, seed=seed,
-                                 progress=True).to_voxels()
+    points = generate_showers(model, pre, run_info, held_out.conditions, seed=seed,
+                              progress=True)
     ms = 1e3 * (time.perf_counter() - t1) / len(held_out)
+    outside = points.describe_outside()  # generated points in no cell are left out, and said so
+    generated = points.to_voxels(outside="drop")
     write_showers(out / "flow_generated.h5", generated)
     say(f"generated {len(generated):,} showers in {ms:.1f} ms/shower "
-        f"({model.n_parameters()['total']:,} parameters, {run.step} training steps)")
+        f"({model.n_parameters()['total']:,} parameters, {run.step} training steps)"
+        + (f"; {outside} fell outside the cells and are left out" if outside else ""))
     evaluate(flow_test, out / "flow_generated.h5", out / "flow_evaluation", ("high",),
              "generated vs held-out simulated showers (a few CPU minutes of training: far from "
              "converged; AUC 0.5 would be perfect)")
