@@ -120,7 +120,8 @@ def measure_sampling(
             torch.cuda.synchronize()
             peak, kind = torch.cuda.max_memory_allocated() / 1024**3, "cuda allocator peak"
         else:
-            peak = _peak_rss_gib()
+            # the kernel updates VmHWM lazily: it may lag behind the RSS read just before
+            peak = max(_peak_rss_gib(), baseline or 0.0)
             kind = "process peak RSS" if reset else "process peak RSS (since start)"
         seconds = (time.perf_counter() - t0) / reps
         rows.append({"batch": int(b), "chunk": int(chunk), "ms_per_shower": 1e3 * seconds / b,
