@@ -59,6 +59,15 @@ def test_benchmark_compares_every_method_on_one_test_set(files, tmp_path, capsys
     assert summary["seed_reference"] == SEED_REFERENCE
     assert json.loads((out / "benchmark.json").read_text())["n_test"] == 120
     assert (out / "report" / "report.html").exists()
+    # the seed's analyses of the network come with the predictions
+    with h5py.File(summary["predictions"]) as f:
+        assert f["analysis"].attrs["method"] == "particle-cnn-transformer"
+        assert f["analysis/cls"].shape == (120, 24)
+        assert f["analysis/cross_scale_attention"].shape == (120, 8, 5)
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    assert report["analysis"]["cross_scale_attention"]["keys"] == [
+        "query", "32^3", "16^3", "8^3", "8^3"]
+    assert summary["learning_curve"] is None
     print_regression_table(summary)
     text = capsys.readouterr().out
     assert "seed 000" in text and "gradient-boosted-trees" in text and "per true-momentum" in text
@@ -74,3 +83,53 @@ def test_benchmark_bad_options(files, tmp_path):
     with pytest.raises(InputError, match="unknown config"):
         run_regression_benchmark(tmp_path, train=train, test=test, baselines=[],
                                  config="nope")
+
+
+def test_budget_and_learning_curve(files, tmp_path, capsys):
+    from showerformer.benchmark import run_regression_benchmark
+    from showerformer.commands.benchmark import print_regression_table
+
+    train, test = files
+    cfg = _tiny_config(tmp_path / "unused")
+    cfg["train"]["max_steps"] = 12
+    summary = run_regression_benchmark(
+        tmp_path / "b", train=train, test=test, config=cfg, baselines=["calibrated-energy-sum"],
+        budget_minutes=10.0, curve_points=4, curve_events=50, max_steps=12, bins=4,
+        progress=False)
+    net = summary["rows"][-1]
+    assert net["budget"]["minutes"] == 10.0 and net["budget"]["step_seconds"] > 0
+    assert net["budget"]["steps"] == 12 == net["steps"]  # the cap wins over a generous budget
+    assert not (tmp_path / "b" / "model_probe").exists()
+    curve = summary["learning_curve"]
+    assert curve["n_events"] == 50
+    assert [p["step"] for p in curve["points"]] == [3, 6, 9, 12]
+    assert [p["events_seen"] for p in curve["points"]] == [24, 48, 72, 96]
+    with h5py.File(summary["predictions"]) as f:
+        true, pred = f["true"][:50], f["pred"][:, :50]
+    assert list(curve["baselines"]) == ["calibrated-energy-sum"]  # not the network itself
+    ref = curve["baselines"]["calibrated-energy-sum"]
+    assert ref["mae"] == pytest.approx(np.mean(np.abs(pred[0] - true)))
+    last = curve["points"][-1]
+    assert last["mae"] == pytest.approx(np.mean(np.abs(pred[1] - true)), rel=1e-5)
+    assert (tmp_path / "b" / "report" / "learning_curve.png").stat().st_size > 5000
+    print_regression_table(summary)
+    assert "learning curve on the first 50 test events" in capsys.readouterr().out
+    with pytest.raises(InputError, match="curve_events"):
+        run_regression_benchmark(tmp_path / "c", train=train, test=test, curve_events=0)
+    with pytest.raises(InputError, match="budget_minutes"):
+        run_regression_benchmark(tmp_path / "c", train=train, test=test, config=cfg,
+                                 baselines=[], budget_minutes=0)
+
+
+def test_power_law_trend_recovers_the_asymptote():
+    from showerformer.benchmark.regression import _power_law_trend
+
+    n = np.array([500, 1000, 2000, 4000, 8000], dtype=float)
+    pts = [{"events_seen": int(x), "mae": 0.9 + 0.5 * (x / 8000) ** -0.6,
+            "rmse": 1.2 + 0.8 * (x / 8000) ** -0.4} for x in n]
+    trend = _power_law_trend(pts)
+    assert trend["mae"]["asymptote"] == pytest.approx(0.9, abs=1e-3)
+    assert trend["mae"]["exponent"] == pytest.approx(0.6, abs=1e-2)
+    assert trend["mae"]["asymptote_constrained"]
+    assert trend["rmse"]["at_2x_events"] == pytest.approx(1.2 + 0.8 * 2**-0.4, rel=1e-3)
+    assert _power_law_trend(pts[:3]) is None

@@ -56,3 +56,17 @@ def test_write_summary(tmp_path):
     assert "## 1. simulate" in text and "wrote 10 showers" in text
     assert "## 2. compare" in text and "**momentum regression (GeV)**" in text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_demo_regression_verdict() -> None:
+    from showerformer.commands.demo import regression_verdict
+
+    rows = [{"method": "calibrated-energy-sum", "mae": 1.35, "rmse": 1.76},
+            {"method": "gradient-boosted-trees", "mae": 0.98, "rmse": 1.28},
+            {"method": "particle-cnn-transformer", "mae": 0.95, "rmse": 1.35, "steps": 900,
+             "events_seen": 14400, "train_seconds": 190.4}]
+    text = regression_verdict({"rows": rows})
+    assert "900 steps, 14,400 events seen in 190 s" in text
+    assert "MAE 0.950 GeV beats the best baseline (gradient-boosted-trees, 0.980 GeV)" in text
+    assert "RMSE 1.350 GeV trails the best baseline (gradient-boosted-trees, 1.280 GeV)" in text
+    assert regression_verdict({"rows": rows[:2]}) == "No network was trained."

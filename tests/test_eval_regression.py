@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import h5py
 import numpy as np
@@ -255,3 +256,84 @@ def test_evaluate_regression_command(tmp_path):
     assert (out / "metrics.json").is_file()
     bad = CliRunner().invoke(app, ["evaluate-regression", str(tmp_path / "nope.h5")])
     assert isinstance(bad.exception, InputError)
+
+
+def _write_analysis(path, true, cls, att, *, method="net", scales=None):
+    with h5py.File(path, "a") as f:
+        g = f.create_group("analysis")
+        g.attrs["method"] = method
+        g["cls"] = cls.astype(np.float32)
+        g["cross_scale_attention"] = att.astype(np.float32)
+        if scales is not None:
+            g.attrs["scales"] = scales
+
+
+def _toy_analysis(n: int, rng):
+    true = rng.uniform(1.0, 20.0, n)
+    # the first principal axis of the embedding follows the true value
+    direction = rng.normal(size=16)
+    cls = np.outer(true - true.mean(), direction) + 0.3 * rng.normal(size=(n, 16))
+    logits = rng.normal(size=(n, 8, 5))
+    logits[:, :, 4] += 2.0  # every block looks mostly at the coarsest scale
+    att = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return true, cls, att
+
+
+def test_analysis_plots_and_summary(tmp_path):
+    pytest.importorskip("mplhep")
+    rng = np.random.default_rng(5)
+    true, cls, att = _toy_analysis(3000, rng)
+    path = _write(tmp_path / "p.h5", true, np.stack([true, true + 0.1]),
+                  method=np.array([b"sum", b"net"]), quantity="momentum")
+    scales = ["query", "64^3", "32^3", "16^3", "8^3"]
+    _write_analysis(path, true, cls, att, scales=scales)
+    result = evaluate_regression_file(path, tmp_path / "out", bins=5)
+    a = result["analysis"]
+    assert a["method"] == "net"
+    assert a["cls_pca"]["explained_variance_ratio"][0] > 0.9
+    assert abs(a["cls_pca"]["pc1_spearman_with_true"]) > 0.95
+    mean = np.asarray(a["cross_scale_attention"]["mean"])
+    np.testing.assert_allclose(mean, att.astype(np.float32).mean(0), rtol=1e-5)
+    assert a["cross_scale_attention"]["keys"] == scales
+    assert np.argmax(a["cross_scale_attention"]["mean_over_blocks"]) == 4
+    for name in ("cls_pca.png", "cross_scale_attention.png"):
+        assert name in result["plots"] and (tmp_path / "out" / name).stat().st_size > 5000
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Network analysis: net" in html and "8^3" in html
+    # without plots the numbers are still there
+    assert evaluate_regression_file(path, tmp_path / "o2", bins=5, plots=False)["analysis"][
+        "cls_pca"]["explained_variance_ratio"] == pytest.approx(
+            a["cls_pca"]["explained_variance_ratio"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"method": "other"}, "analysis.method"),
+    ({"rows": 10}, "analysis/cls"),
+    ({"nan": True}, "analysis/cross_scale_attention"),
+    ({"scales": ["query", "a"]}, "analysis.scales"),
+])
+def test_bad_analysis_group(tmp_path, kwargs, key):
+    rng = np.random.default_rng(1)
+    true, cls, att = _toy_analysis(50, rng)
+    path = _write(tmp_path / "p.h5", true, true, method=np.array([b"net"]))
+    if "rows" in kwargs:
+        cls = cls[:kwargs["rows"]]
+    if kwargs.get("nan"):
+        att[3, 2, 1] = np.nan
+    _write_analysis(path, true, cls, att, method=kwargs.get("method", "net"),
+                    scales=kwargs.get("scales"))
+    with pytest.raises(InputError, match=re.escape(f"key '{key}'")):
+        read_predictions(path)
+
+
+def test_analysis_plot_input_checks(tmp_path):
+    pytest.importorskip("mplhep")
+    from showerformer.evaluation.plots import plot_attention_matrix, plot_embedding_pca
+
+    with pytest.raises(InputError, match="weights"):
+        plot_attention_matrix(np.ones((2, 3)), tmp_path / "a.png", row_labels=["a"],
+                              column_labels=["x", "y", "z"])
+    with pytest.raises(InputError, match="embedding"):
+        plot_embedding_pca(np.ones((5, 1)), np.arange(5.0), tmp_path / "p.png")
+    with pytest.raises(InputError, match="embedding"):
+        plot_embedding_pca(np.ones((5, 3)), np.arange(4.0), tmp_path / "p.png")

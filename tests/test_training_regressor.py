@@ -86,6 +86,32 @@ def test_predict_file_layout(run, cube, tmp_path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
 
 
+def test_predict_with_analysis(run, cube, tmp_path) -> None:
+    _, out = run
+    target = tmp_path / "pred.h5"
+    summary = predict_file(out, cube, target, batch_size=16, device="cpu", analysis=True)
+    model, _ = load_checkpoint(out)
+    d = model.config.d_model
+    with h5py.File(target) as f:
+        assert set(f) == {"true", "pred", "method", "analysis"}
+        g = f["analysis"]
+        assert g.attrs["method"] == "particle-cnn-transformer"
+        assert list(g.attrs["scales"]) == ["query", *(f"{r}^3" for r in
+                                                     model.config.scale_resolutions)]
+        assert g["cls"].shape == (40, d) and g["cls"].dtype == np.float32
+        att = g["cross_scale_attention"][()]
+        pred = f["pred"][()]
+    assert att.shape == (40, 8, 1 + model.config.n_scales)
+    np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-5)
+    plain = predict_file(out, cube, tmp_path / "plain.h5", batch_size=16, device="cpu")
+    with h5py.File(tmp_path / "plain.h5") as f:
+        np.testing.assert_allclose(pred, f["pred"][()], rtol=1e-5, atol=1e-6)
+    assert summary["mae"] == pytest.approx(plain["mae"], rel=1e-5)
+    data = read_predictions(target)
+    assert data["analysis"]["method"] == "particle-cnn-transformer"
+    assert data["analysis"]["cls"].shape == (40, d)
+
+
 def test_predict_errors(run, tmp_path) -> None:
     _, out = run
     other = write_cube_file(tmp_path / "cube8.h5", n=4, grid=8)
@@ -136,6 +162,7 @@ def test_commands(cube, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("name", "grid", "params"), [("regressor_64.yaml", 64, 2_100_000),
+                                                      ("regressor_64_cpu.yaml", 64, 2_100_000),
                                                       ("regressor_32_cpu.yaml", 32, 50_000)])
 def test_shipped_configs(tmp_path, name, grid, params) -> None:
     run = load_run_config(CONFIGS / name, data_keys=("target_key", "target_scale",

@@ -84,6 +84,9 @@ def run_regression_benchmark(
     plots: bool = True,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
+    budget_minutes: float | None = None,
+    curve_points: int = 0,
+    curve_events: int = 1000,
 ) -> dict[str, Any]:
     """Run the regression benchmark and write ``predictions.h5``, ``report/`` and
     ``benchmark.json`` into ``out_dir``.
@@ -105,6 +108,14 @@ def run_regression_benchmark(
         plots: write the report's PNG plots.
         progress: progress bars.
         say: receives one line per step (default: nothing).
+        budget_minutes: train the network for about this wall time: the number of steps comes
+            from a timed probe of 8 steps (the cosine schedule then ends at the budget; capped
+            by ``max_steps`` and the config's epochs).
+        curve_points: keep this many evenly spaced checkpoints of the training and measure
+            MAE and RMSE of each on the first ``curve_events`` test events, with the baselines
+            on the same events, against the events seen (``learning_curve`` in the result,
+            ``learning_curve.png`` in the report folder). 0: no curve.
+        curve_events: test events of the learning curve.
 
     Returns:
         ``{"rows": [{"method", "mae", "rmse", "sigma68", "a", "b", "c", "train_events_per_s",
@@ -120,6 +131,10 @@ def run_regression_benchmark(
     note = say or (lambda _msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if curve_points < 0 or curve_events < 1:
+        raise InputError(f"curve_points={curve_points}, curve_events={curve_events}",
+                         key="curve_points" if curve_points < 0 else "curve_events",
+                         expected="curve_points >= 0 and curve_events >= 1")
     names = list(BASELINES) if baselines is None else list(baselines)
     for name in names:
         if name not in BASELINES:
@@ -142,6 +157,9 @@ def run_regression_benchmark(
     preds: list[np.ndarray] = []
     methods: list[str] = []
     timing: dict[str, dict[str, Any]] = {}
+    analysis: dict[str, np.ndarray] | None = None
+    curve: dict[str, Any] | None = None
+    analysis_method, net = "", None
 
     for name in names:
         note(f"fitting the {name} baseline on {n_tr:,} events")
@@ -173,6 +191,20 @@ def run_regression_benchmark(
             cfg, label = (path, str(path)) if epochs is None else (load_yaml(path), str(path))
         if epochs is not None:
             cfg = {**cfg, "train": {**dict(cfg.get("train") or {}), "epochs": int(epochs)}}
+        budget: dict[str, Any] | None = None
+        if budget_minutes is not None or curve_points:
+            cfg = load_yaml(cfg) if not isinstance(cfg, Mapping) else dict(cfg)
+            cfg = {k: dict(cfg.get(k) or {}) for k in ("model", "train", "data")}
+        if budget_minutes is not None:
+            note(f"timing the network's training steps for a {budget_minutes:g}-minute budget")
+            max_steps, budget = _budget_steps(train, cfg, out / "model_probe", budget_minutes,
+                                              max_steps, device)
+            note(f"training {max_steps:,} steps (~{budget['step_seconds']:.2f} s each)")
+        if curve_points:
+            total = max_steps or cfg["train"].get("max_steps")
+            if total:
+                cfg["train"]["checkpoint_every"] = max(1, int(total) // int(curve_points))
+            cfg["train"]["keep_checkpoints"] = int(curve_points) + 2
         run_dir = out / "model"
         note(f"training the network ({label})")
         result, t_train = _timed(lambda: train_regressor(
@@ -188,10 +220,21 @@ def run_regression_benchmark(
         n_seen = int(result.step) * int(run_cfg["train"]["batch_size"])
         test_ds = SparseVoxelDataset(test, "momentum", 1e-3)
         note(f"predicting {n_te:,} test events with {family}")
-        pred, t_pred = _timed(lambda: predict_dataset(net, test_ds, batch_size=32, device=dev))
+        if hasattr(net, "analyse"):  # with the seed's analyses (a few small extra tensors)
+            (pred, analysis), t_pred = _timed(lambda: predict_dataset(
+                net, test_ds, batch_size=32, device=dev, analysis=True))
+            analysis_method = family
+        else:
+            pred, t_pred = _timed(lambda: predict_dataset(net, test_ds, batch_size=32,
+                                                          device=dev))
         preds.append(np.asarray(pred, dtype=np.float64))
         methods.append(family)
-        timing[family] = {"train_seconds": t_train,
+        if curve_points:
+            note(f"learning curve: {curve_events:,} test events per checkpoint")
+            baseline_preds = {m: p for m, p in zip(methods, preds, strict=True) if m != family}
+            curve = _learning_curve(run_dir, test, curve_events, dev, run_cfg, truth,
+                                    baseline_preds)
+        timing[family] = {"budget": budget, "train_seconds": t_train,
                           "train_events_per_s": n_seen / t_train if n_seen else None,
                           "infer_seconds": t_pred, "infer_events_per_s": n_te / t_pred,
                           "steps": result.step, "epochs": result.epoch,
@@ -211,6 +254,10 @@ def run_regression_benchmark(
         f.attrs["unit"] = "GeV"
         f.attrs["train"] = str(train)
         f.attrs["test"] = str(test)
+        if analysis is not None:
+            from showerformer.training.regressor import write_analysis
+
+            write_analysis(f, analysis, method=analysis_method, model=net)
     note("evaluating")
     report = evaluate_regression_file(pred_path, out / "report", bins=bins, seed=seed,
                                       plots=plots)
@@ -225,13 +272,104 @@ def run_regression_benchmark(
                      "c_err": fit.get("c_err"),
                      "bins": {k: m["bins"][k] for k in ("center", "count", "rmse", "mape")},
                      **timing[name]})
+    if curve is not None and plots:
+        _plot_learning_curve(curve, out / "report" / "learning_curve.png")
     summary = {"rows": rows, "n_train": n_tr, "n_test": n_te, "train": str(train),
                "test": str(test), "dataset": dataset, "seed": seed,
                "predictions": str(pred_path), "report": str(out / "report" / "report.html"),
-               "seed_reference": SEED_REFERENCE}
+               "seed_reference": SEED_REFERENCE, "learning_curve": curve}
     with atomic_path(out / "benchmark.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
     return summary
+
+
+def _budget_steps(train: PathLike, cfg: dict[str, Any], probe_dir: Path, minutes: float,
+                  cap: int | None, device: str | None) -> tuple[int, dict[str, Any]]:
+    """Steps that fit ``minutes`` of training, from 8 timed steps of the same run config."""
+    import shutil
+
+    from showerformer.training.regressor import train_regressor
+
+    if not minutes > 0:
+        raise InputError(f"budget_minutes={minutes}", key="budget_minutes",
+                         expected="a positive number of minutes")
+    probe_steps = 8
+    probe = {**cfg, "train": {**cfg["train"], "max_steps": probe_steps, "epochs": None,
+                              "checkpoint_every": None, "val_every": None,
+                              "early_stopping_patience": None}}
+    t0 = time.perf_counter()
+    train_regressor(train, probe, probe_dir, device=device, progress=False, overwrite=True)
+    step_s = (time.perf_counter() - t0) / probe_steps
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    steps = max(1, int(minutes * 60 / step_s))
+    if cap:
+        steps = min(steps, int(cap))
+    return steps, {"minutes": minutes, "step_seconds": step_s, "steps": steps}
+
+
+def _learning_curve(run_dir: Path, test: PathLike, n_events: int, dev: Any,
+                    run_cfg: Mapping[str, Any], truth: np.ndarray,
+                    baselines: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """MAE and RMSE of every kept checkpoint on the first ``n_events`` test events."""
+    from showerformer.training.checkpoint import list_checkpoints, load_checkpoint
+    from showerformer.training.data import SparseVoxelDataset
+    from showerformer.training.regressor import predict_dataset
+
+    ds = SparseVoxelDataset(test, "momentum", 1e-3)
+    n = min(int(n_events), len(ds))
+    ds = ds.subset(np.arange(n))
+    true = truth[:n]
+    batch = int(run_cfg["train"]["batch_size"])
+    points = []
+    for folder in list_checkpoints(run_dir / "checkpoints"):
+        net, info = load_checkpoint(folder, device=dev, ema=True)
+        pred = predict_dataset(net, ds, batch_size=32, device=dev)
+        d = pred - true
+        step = int(info.get("step", 0))
+        points.append({"step": step, "events_seen": step * batch,
+                       "mae": float(np.mean(np.abs(d))), "rmse": float(np.sqrt(np.mean(d * d)))})
+    refs = {name: {"mae": float(np.mean(np.abs(p[:n] - true))),
+                   "rmse": float(np.sqrt(np.mean((p[:n] - true) ** 2)))}
+            for name, p in baselines.items()}
+    return {"n_events": n, "points": points, "baselines": refs,
+            "trend": _power_law_trend(points)}
+
+
+def _power_law_trend(points: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Fit ``y = y_inf + b * n^-c`` (n = events seen) to MAE and to RMSE; None with fewer than
+    four points or without convergence. Early in training the points often fix only the slope:
+    ``asymptote_constrained`` is False when the fitted ``y_inf`` sits at its lower bound 0."""
+    from scipy.optimize import curve_fit
+
+    pts = [p for p in points if p["events_seen"] > 0]
+    if len(pts) < 4:
+        return None
+    n = np.array([p["events_seen"] for p in pts], dtype=np.float64)
+    out: dict[str, Any] = {}
+    for key in ("mae", "rmse"):
+        y = np.array([p[key] for p in pts], dtype=np.float64)
+
+        def model(x: np.ndarray, y_inf: float, b: float, c: float) -> np.ndarray:
+            return y_inf + b * (x / n[-1]) ** (-c)
+
+        try:
+            theta, _ = curve_fit(model, n, y, p0=(0.8 * y[-1], 0.2 * y[-1], 0.5),
+                                 bounds=([0.0, 0.0, 0.01], [np.inf, np.inf, 3.0]), maxfev=20000)
+        except (RuntimeError, ValueError):
+            return None
+        out[key] = {"asymptote": float(theta[0]), "b": float(theta[1]),
+                    "exponent": float(theta[2]),
+                    # an asymptote at its bound means the points do not constrain it
+                    "asymptote_constrained": bool(theta[0] > 1e-3 * y.min()),
+                    "at_2x_events": float(model(np.array(2 * n[-1]), *theta))}
+    return out
+
+
+def _plot_learning_curve(curve: Mapping[str, Any], path: Path) -> Path:
+    """MAE and RMSE of the network against events seen, baselines as horizontal lines."""
+    from showerformer.evaluation import plots as P
+
+    return P.plot_learning_curve(curve, path)
 
 
 def _json_default(value: Any) -> Any:

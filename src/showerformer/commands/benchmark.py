@@ -7,8 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["benchmark_app", "point_flow", "point_flow_tables", "print_point_flow_tables",
-           "print_regression_table", "regression", "regression_tables"]
+__all__ = [
+    "benchmark_app",
+    "point_flow",
+    "point_flow_tables",
+    "print_point_flow_tables",
+    "print_regression_table",
+    "regression",
+    "regression_tables",
+    "regressor_speed",
+    "regressor_speed_table",
+]
 
 benchmark_app = typer.Typer(help="End-to-end benchmarks on the built-in simulator.",
                             no_args_is_help=True)
@@ -60,7 +69,26 @@ def regression_tables(summary: dict[str, Any]) -> list[Any]:
                                            f"{_f(r['bins']['mape'][i], 1)}"
                                            for r in summary["rows"]))
     per_bin.notes.append(f"report: {summary['report']}")
-    return [table, per_bin]
+    tables = [table, per_bin]
+    curve = summary.get("learning_curve")
+    if curve and curve.get("points"):
+        lc = ResultTable(f"learning curve on the first {curve['n_events']:,} test events (GeV)",
+                         ["step", "events seen", "MAE", "RMSE"])
+        for pt in curve["points"]:
+            lc.add_row(f"{pt['step']:,}", f"{pt['events_seen']:,}", _f(pt["mae"]),
+                       _f(pt["rmse"]))
+        for name, ref in curve.get("baselines", {}).items():
+            lc.add_row(name, "-", _f(ref["mae"]), _f(ref["rmse"]), dim=True)
+        trend = curve.get("trend") or {}
+        if trend:
+            lc.notes.append("power-law fit y = y_inf + b (n / n_last)^-c: " + "; ".join(
+                f"{k.upper()} -> "
+                + (f"{v['asymptote']:.3f}" if v.get("asymptote_constrained", True)
+                   else "not constrained yet")
+                + f" (c = {v['exponent']:.2f}; {v['at_2x_events']:.3f} at twice the events)"
+                for k, v in trend.items()))
+        tables.append(lc)
+    return tables
 
 
 def print_regression_table(summary: dict[str, Any], console: Any = None) -> list[Any]:
@@ -97,6 +125,14 @@ def regression(
                                            help="Baselines only.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data and the baselines.")] = 0,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    budget_minutes: Annotated[float | None, typer.Option(
+        help="Train the network for about this many minutes (steps from a timed probe).")
+    ] = None,
+    curve_points: Annotated[int, typer.Option(
+        help="Checkpoints of the learning curve (MAE, RMSE against events seen); 0: none.")
+    ] = 0,
+    curve_events: Annotated[int, typer.Option(
+        help="Test events per learning-curve point.")] = 1000,
 ) -> None:
     """Train the classical baselines and ParticleCNNTransformer on one simulated proton dataset
     and compare them on one held-out test set (MAE, RMSE, sigma68, per-bin RMSE and MAPE,
@@ -109,7 +145,8 @@ def regression(
     summary = run_regression_benchmark(
         out, train=train, test=test, dataset=dataset, n_train=n_train, n_test=n_test,
         seed=seed, config=config, max_steps=max_steps, epochs=epochs, device=device,
-        model=not no_model, plots=not no_plots,
+        model=not no_model, plots=not no_plots, budget_minutes=budget_minutes,
+        curve_points=curve_points, curve_events=curve_events,
         say=lambda msg: console.rule(msg, style="dim"))
     print_regression_table(summary, console)
 
@@ -225,3 +262,111 @@ def point_flow(
         speed_batches=ints(speed_batches), attention_points=ints(attention_points) or (),
         classifier=classifier, plots=not no_plots, say=lambda msg: console.rule(msg, style="dim"))
     print_point_flow_tables(summary, console)
+
+
+def regressor_speed_table(results: list[dict[str, Any]]) -> Any:
+    """The speed benchmark's rows as one :class:`~showerformer.commands.tables.ResultTable`."""
+    from showerformer.commands.tables import ResultTable
+
+    first = results[0] if results else {}
+    table = ResultTable(
+        f"ParticleCNNTransformer speed on {first.get('device', 'cpu')} "
+        f"({first.get('precision', 'fp32')}, {first.get('threads', '?')} threads"
+        + (f", {first['background_load']} busy processes beside it"
+           if first.get("background_load") else "")
+        + "): plain vs fast convolution path",
+        ["grid", "batch", "path", "train ev/s", "train speed-up", "infer ev/s", "infer speed-up",
+         "peak MB", "params"], left=frozenset({"path"}))
+    for r in results:
+        table.add_row(f"{r['grid']}^3", str(r["batch"]), r["path"],
+                      _f(r.get("train_events_per_s"), 2), _speedup(r.get("speedup_train")),
+                      _f(r.get("infer_events_per_s"), 2), _speedup(r.get("speedup_infer")),
+                      _f(r.get("peak_mb"), 0), f"{r['parameters']:,}")
+    counts = sorted({(r.get("train_steps"), r.get("infer_batches")) for r in results},
+                    key=str)
+    table.notes.append("train: forward + loss + backward + AdamW step in training mode; infer: "
+                       "predict without gradients; peak MB: growth of the peak resident memory "
+                       "(CPU) or of the peak allocated memory (CUDA) during the measurement; "
+                       f"timed repetitions (train, infer) per row: {counts}")
+    return table
+
+
+def _speedup(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}x"
+
+
+@benchmark_app.command("regressor-speed")
+def regressor_speed(
+    grids: Annotated[str, typer.Option(help="Voxels per axis, comma-separated.")] = "64,32",
+    batches: Annotated[str, typer.Option(help="Events per step, comma-separated.")] = "8,32",
+    paths: Annotated[str, typer.Option(help="Backbone paths: plain and/or fast.")
+                     ] = "plain,fast",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 or bf16 (default: bf16 on CUDA, fp32 on a CPU).")] = None,
+    steps: Annotated[int, typer.Option(help="Timed repetitions per measurement.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed repetitions first.")] = 1,
+    max_seconds: Annotated[float, typer.Option(
+        help="Time per measurement after which no further repetition starts.")] = 60.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")
+                       ] = None,
+    config: Annotated[str | None, typer.Option(
+        help="Run config whose model to time (default: the seed's architecture).")] = None,
+    background_load: Annotated[int, typer.Option(
+        help="Busy processes beside every measurement (a CPU shared with data-loading "
+             "workers or another job).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the rows to this JSON file.")
+                   ] = None,
+) -> None:
+    """Training and inference events/s and peak memory of ParticleCNNTransformer at each grid
+    and batch size, plain vs fast (channels-last) convolution path, each in a fresh process."""
+    import json
+
+    from showerformer._atomic import atomic_path
+    from showerformer._paths import check_output_file
+    from showerformer.benchmark.regressor_speed import regressor_speed as run
+    from showerformer.commands.tables import show_table
+    from showerformer.errors import InputError
+    from showerformer.training.engine import check_count, check_device
+
+    def ints(text: str, key: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            raise InputError(f"{text!r}", key=key, expected="comma-separated positive integers")
+        return values
+
+    grid_list, batch_list = ints(grids, "--grids"), ints(batches, "--batches")
+    check_count(steps, "--steps", "at least 1 timed repetition")
+    if warmup < 0:
+        raise InputError(f"{warmup}", key="--warmup", expected="0 or more repetitions")
+    if not max_seconds > 0:
+        raise InputError(f"{max_seconds}", key="--max-seconds", expected="a positive time")
+    check_device(device)
+    if out is not None:
+        out = check_output_file(out, option="--out")
+    model_config = None
+    if config is not None:
+        from showerformer.benchmark.regression import default_config_path
+        from showerformer.training.engine import load_yaml
+
+        cfg_path = default_config_path(config)
+        model_config = dict(load_yaml(cfg_path).get("model") or {})
+    rows: list[dict[str, Any]] = []
+
+    def progress(r: dict[str, Any]) -> None:
+        rows.append(r)
+        typer.echo(f"{r['grid']}^3 batch {r['batch']} {r['path']}: train "
+                   f"{_f(r.get('train_events_per_s'), 2)} ev/s, infer "
+                   f"{_f(r.get('infer_events_per_s'), 2)} ev/s, peak {_f(r.get('peak_mb'), 0)} MB")
+
+    results = run(grid_list, batch_list, [p.strip() for p in paths.split(",") if p.strip()],
+                  device=device, precision=precision, steps=steps, warmup=warmup,
+                  max_seconds=max_seconds, threads=threads, model_config=model_config,
+                  background_load=background_load, on_result=progress)
+    show_table(regressor_speed_table(results))
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(results, indent=1) + "\n")

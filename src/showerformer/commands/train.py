@@ -195,12 +195,16 @@ def predict(
     no_ema: Annotated[bool, typer.Option(
         "--no-ema", help="Use the raw weights even when the checkpoint has EMA weights.")
     ] = False,
+    analysis: Annotated[bool, typer.Option(
+        "--analysis", help="Also store the network's final CLS token and cross-scale attention "
+                           "per event; 'evaluate-regression' plots them (PCA, block x scale).")
+    ] = False,
 ) -> None:
     """Predict the regression target of every event of a file with a trained checkpoint."""
     from showerformer.training.regressor import predict_file
 
     s = predict_file(checkpoint, data, out, batch_size=batch_size, device=device,
-                     which="best" if best else "last", ema=not no_ema)
+                     which="best" if best else "last", ema=not no_ema, analysis=analysis)
     line = (f"wrote {s['events']:,} predictions ({s['quantity']} in {s['unit']}, "
             f"{s['weights']} weights of {s['checkpoint']}) to {s['path']}")
     if "mae" in s:

@@ -33,11 +33,14 @@ __all__ = [
     "feature_family",
     "feature_histograms",
     "feature_label",
+    "plot_attention_matrix",
     "plot_average_shower",
     "plot_binned_metric",
+    "plot_embedding_pca",
     "plot_feature",
     "plot_feature_group",
     "plot_feature_set",
+    "plot_learning_curve",
     "plot_pred_vs_true",
     "plot_profile",
     "plot_profiles",
@@ -1073,4 +1076,136 @@ def plot_resolution(
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper right", fontsize="x-small")
         ax.set_title(r"$\sigma/E = a/E^{1/2} \oplus b \oplus c/E$", fontsize=12)
+    return path
+
+
+def plot_embedding_pca(
+    embedding: Any,
+    values: Any,
+    path: PathLike,
+    *,
+    label: str = "true value",
+    title: str = "PCA of the embedding",
+    max_points: int = 20_000,
+    seed: int = 0,
+) -> tuple[Path, list[float]]:
+    """The first two principal components of per-event embeddings, coloured by a true value.
+
+    Arguments:
+        embedding: one vector per event, (N, D) with N >= 3 and D >= 2.
+        values: the colour of each event, (N,), e.g. the true momentum.
+        path: the PNG to write.
+        label: colour-bar label.
+        title: the axes title (the explained variances are appended to the axis labels).
+        max_points: events drawn (a random subset above it; the PCA is fitted on all).
+        seed: seed of that subset.
+
+    Returns:
+        ``(path, explained variance ratio of PC1 and PC2)``.
+    """
+    from sklearn.decomposition import PCA
+
+    path = _out(path)
+    x = np.asarray(embedding, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] < 3 or x.shape[1] < 2 or len(v) != x.shape[0]:
+        raise InputError(f"embedding of shape {x.shape} with {len(v)} values", key="embedding",
+                         expected="(N, D) with N >= 3, D >= 2 and one value per row")
+    pca = PCA(n_components=2, random_state=seed)
+    z = pca.fit_transform(x)  # (N, 2)
+    ratio = [float(r) for r in pca.explained_variance_ratio_]
+    order = np.arange(len(z))
+    if len(z) > max_points:
+        order = np.random.default_rng(seed).choice(len(z), max_points, replace=False)
+    order = order[np.argsort(v[order], kind="stable")]  # high values drawn last
+    with _figure(path, (7.2, 6.0), font_size=13) as fig:
+        ax = fig.add_subplot(1, 1, 1)
+        sc = ax.scatter(z[order, 0], z[order, 1], c=v[order], s=4, cmap="viridis",
+                        rasterized=True, linewidths=0)
+        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of the variance)")
+        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}%)")
+        ax.set_title(title)
+        fig.colorbar(sc, ax=ax).set_label(label)
+    return path, ratio
+
+
+def plot_attention_matrix(
+    weights: Any,
+    path: PathLike,
+    *,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    xlabel: str = "key",
+    ylabel: str = "query",
+    title: str = "mean attention",
+) -> Path:
+    """A matrix of attention probabilities (e.g. blocks x scales) as an annotated heat map.
+
+    Arguments:
+        weights: (R, C) values in [0, 1], e.g. averaged over a test set.
+        path: the PNG to write.
+        row_labels, column_labels: one label per row / column.
+        xlabel, ylabel, title: axis labels and title.
+
+    Returns:
+        The path written.
+    """
+    path = _out(path)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape != (len(row_labels), len(column_labels)):
+        raise InputError(f"weights of shape {w.shape}", key="weights",
+                         expected=f"({len(row_labels)}, {len(column_labels)}), one per label")
+    with _figure(path, (1.3 * w.shape[1] + 3.0, 0.55 * w.shape[0] + 2.2), font_size=12,
+                 minor=False) as fig:
+        ax = fig.add_subplot(1, 1, 1)
+        im = ax.imshow(w, cmap="magma", vmin=0.0, vmax=max(float(w.max()), 1e-12), aspect="auto")
+        for (r, c), value in np.ndenumerate(w):
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if value < 0.6 * w.max() else "black")
+        ax.set_xticks(range(w.shape[1]), list(column_labels))
+        ax.set_yticks(range(w.shape[0]), list(row_labels))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax).set_label("attention probability")
+    return path
+
+
+def plot_learning_curve(curve: Mapping[str, Any], path: PathLike) -> Path:
+    """MAE and RMSE of a network on a fixed test subset against the training events seen.
+
+    Arguments:
+        curve: ``{"n_events", "points": [{"events_seen", "mae", "rmse"}], "baselines":
+            {name: {"mae", "rmse"}}, "trend": {"mae"|"rmse": {"asymptote", "exponent"}} or
+            None}`` (see ``showerformer benchmark regression --curve-points``).
+        path: the PNG to write.
+
+    Returns:
+        The path written.
+    """
+    path = _out(path)
+    pts = sorted(curve["points"], key=lambda p: p["events_seen"])
+    if not pts:
+        raise InputError("no checkpoints", key="points", expected="at least one point")
+    n = np.array([max(p["events_seen"], 1) for p in pts], dtype=np.float64)
+    trend = curve.get("trend") or {}
+    with _figure(path, (12.0, 5.0), font_size=12) as fig:
+        for i, key in enumerate(("mae", "rmse")):
+            ax = fig.add_subplot(1, 2, i + 1)
+            ax.plot(n, [p[key] for p in pts], "o-", color=_COLORS[0], label="network")
+            fit = trend.get(key)
+            if fit:
+                xs = np.geomspace(n[0], 4 * n[-1], 60)
+                ys = fit["asymptote"] + fit["b"] * (xs / n[-1]) ** (-fit["exponent"])
+                asym = (f"asymptote {fit['asymptote']:.3f}"
+                        if fit.get("asymptote_constrained", True) else "asymptote not constrained")
+                ax.plot(xs, ys, "--", color=_COLORS[0], alpha=0.6, label=f"power-law fit, {asym}")
+            for j, (name, ref) in enumerate(curve.get("baselines", {}).items()):
+                ax.axhline(ref[key], color=_COLORS[(j + 1) % len(_COLORS)], linestyle=":",
+                           label=name)
+            ax.set_xscale("log")
+            ax.set_xlabel("training events seen")
+            ax.set_ylabel(f"{key.upper()} [GeV]")
+            ax.set_title(f"{key.upper()} on {curve.get('n_events', '?'):,} test events")
+            ax.legend(fontsize="small")
     return path

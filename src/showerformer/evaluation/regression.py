@@ -9,7 +9,11 @@ Predictions file layout (HDF5, read by :func:`evaluate_regression_file` and
   ``"method i"`` for several);
 - ``bins`` (optional): (n_bins + 1,) increasing edges of the true-value bins;
 - file attributes (optional): ``quantity`` (default ``"energy"``) and ``unit`` (default
-  ``"GeV"``), used in labels only.
+  ``"GeV"``), used in labels only;
+- ``analysis`` (optional group, written by ``showerformer predict --analysis``): per-event
+  internals of one method (attribute ``method``): ``cls`` (N, d), the network's final CLS token,
+  plotted as a PCA coloured by the true value; ``cross_scale_attention`` (N, blocks, keys), its
+  stage-2 attention, averaged into a block x scale map (attribute ``scales``: key labels).
 
 Definitions (residual ``d = pred - true``, relative residual ``d / true``):
 MAE = mean |d|; RMSE = sqrt(mean d^2); MAPE = 100 mean |d / true| (showers with true = 0 are left
@@ -36,6 +40,7 @@ import numpy as np
 from showerformer.errors import InputError, OutputError
 
 __all__ = [
+    "ANALYSIS_ARRAYS",
     "QUANTILES_68",
     "evaluate_regression_file",
     "fit_resolution",
@@ -362,6 +367,7 @@ def read_predictions(path: PathLike) -> dict[str, Any]:
         bins = np.asarray(f["bins"][()], dtype=np.float64) if "bins" in f else None
         quantity = _attr(f.attrs.get("quantity"), "energy")
         unit = _attr(f.attrs.get("unit"), "GeV")
+        analysis = _read_analysis(f, p) if "analysis" in f else None
     if bins is not None:
         bins = bins.reshape(-1)
         if len(bins) < 2 or not np.isfinite(bins).all() or (np.diff(bins) <= 0).any():
@@ -396,8 +402,54 @@ def read_predictions(path: PathLike) -> dict[str, Any]:
             idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
             raise InputError(f"non-finite value at index {idx}", path=p, key=key,
                              expected="finite numbers")
+    if analysis is not None:
+        if analysis["method"] not in methods:
+            raise InputError(f"method {analysis['method']!r}", path=p, key="analysis.method",
+                             expected=f"one of the methods {methods}")
+        for key in ANALYSIS_ARRAYS:
+            arr = analysis.get(key)
+            if arr is not None and len(arr) != n:
+                raise InputError(f"{len(arr)} rows for {n} true values", path=p,
+                                 key=f"analysis/{key}", expected=f"{n} rows, one per event")
     return {"true": true, "pred": pred, "methods": methods, "bins": bins,
-            "quantity": quantity, "unit": unit}
+            "quantity": quantity, "unit": unit, "analysis": analysis}
+
+
+ANALYSIS_ARRAYS = {"cls": 2, "cross_scale_attention": 3}
+"""Optional per-event arrays of the ``analysis`` group and their number of dimensions."""
+
+
+def _read_analysis(f: Any, p: Path) -> dict[str, Any]:
+    """The ``analysis`` group of a predictions file, checked (see :func:`read_predictions`)."""
+    import h5py
+
+    g = f["analysis"]
+    if not isinstance(g, h5py.Group):
+        raise InputError("is a dataset, not a group", path=p, key="analysis",
+                         expected="a group of per-event analysis arrays")
+    out: dict[str, Any] = {"method": _attr(g.attrs.get("method"), "prediction")}
+    for key, ndim in ANALYSIS_ARRAYS.items():
+        if key not in g:
+            continue
+        d = g[key]
+        if not isinstance(d, h5py.Dataset) or d.dtype.kind != "f" or d.ndim != ndim:
+            raise InputError(f"{'a group' if not isinstance(d, h5py.Dataset) else d.dtype} "
+                             f"of {getattr(d, 'ndim', 0)} dimensions", path=p,
+                             key=f"analysis/{key}",
+                             expected=f"a float array of {ndim} dimensions, one row per event")
+        arr = np.asarray(d[()], dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise InputError("non-finite values", path=p, key=f"analysis/{key}",
+                             expected="finite numbers")
+        out[key] = arr
+    scales = g.attrs.get("scales")
+    if scales is not None:
+        out["scales"] = [_attr(v, "?") for v in np.atleast_1d(scales).tolist()]
+    att = out.get("cross_scale_attention")
+    if att is not None and "scales" in out and len(out["scales"]) != att.shape[2]:
+        raise InputError(f"{len(out['scales'])} scale labels for {att.shape[2]} keys", path=p,
+                         key="analysis.scales", expected="one label per attention key")
+    return out
 
 
 def _attr(value: Any, default: str) -> str:
@@ -485,6 +537,9 @@ def evaluate_regression_file(
         if plots:
             result["plots"] = [p.name for p in _regression_plots(result, true, preds, names,
                                                                  out)]
+        if data["analysis"] is not None:
+            result["analysis"] = _analysis(data["analysis"], true, result, out, plots=plots,
+                                           seed=seed)
         report_mod.write_json(out / "metrics.json", result)
         report_mod.regression_report(result, out, embed_images=embed_images)
     except OSError as exc:
@@ -531,3 +586,60 @@ def _regression_plots(result: Mapping[str, Any], true: np.ndarray, preds: np.nda
                                    fits=[f if "a" in f else None for f in fits],
                                    quantity=_SYMBOLS.get(q, q), unit=unit))
     return paths
+
+
+def _analysis(analysis: Mapping[str, Any], true: np.ndarray, result: dict[str, Any], out: Path,
+              *, plots: bool, seed: int) -> dict[str, Any]:
+    """The seed's analyses of a network's internals: PCA of the final CLS token coloured by the
+    true value, and the stage-2 attention (block x scale) averaged over the events."""
+    from showerformer.evaluation import plots as P
+
+    q, unit = result["quantity"], result["unit"]
+    u = f" [{unit}]" if unit else ""
+    method = analysis["method"]
+    summary: dict[str, Any] = {"method": method}
+    cls = analysis.get("cls")
+    if cls is not None:
+        if plots:
+            path, ratio = P.plot_embedding_pca(
+                cls, true, out / "cls_pca.png", label=f"true {q}{u}", seed=seed,
+                title=f"{method}: final CLS token")
+            result["plots"].append(path.name)
+        else:
+            from sklearn.decomposition import PCA
+
+            ratio = [float(r) for r in PCA(n_components=2).fit(cls).explained_variance_ratio_]
+        pc1 = _pca_first_component(cls)
+        summary["cls_pca"] = {"explained_variance_ratio": ratio,
+                              "pc1_spearman_with_true": _spearman(pc1, true)}
+    att = analysis.get("cross_scale_attention")
+    if att is not None:
+        mean = att.mean(axis=0)  # (nB, 1 + S)
+        scales = analysis.get("scales") or ["query", *(f"scale {s}" for s in
+                                                       range(att.shape[2] - 1))]
+        summary["cross_scale_attention"] = {"keys": scales, "mean": mean.tolist(),
+                                            "mean_over_blocks": mean.mean(axis=0).tolist()}
+        if plots:
+            path = P.plot_attention_matrix(
+                mean, out / "cross_scale_attention.png",
+                row_labels=[f"block {b}" for b in range(mean.shape[0])], column_labels=scales,
+                xlabel="key (the query itself, then each scale's CLS token)",
+                ylabel="block query", title=f"{method}: cross-scale attention, "
+                                            f"mean of {len(att):,} events")
+            result["plots"].append(path.name)
+    return summary
+
+
+def _pca_first_component(x: np.ndarray) -> np.ndarray:
+    """Projection of the rows of ``x`` on their first principal axis (sign: largest loading
+    positive)."""
+    xc = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    v = vt[0] * np.sign(vt[0][np.argmax(np.abs(vt[0]))])
+    return xc @ v
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)

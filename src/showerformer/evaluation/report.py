@@ -492,6 +492,25 @@ def regression_report(
                          fmt_pm(b["rel_sigma68"][i], b["rel_sigma68_err"][i])])
         rep.table([f"true {q}{u}", "count", f"MAE{u}", f"RMSE{u}", "MAPE [%]", f"bias{u}",
                    f"sigma68{u}", "relative sigma68"], rows)
+    analysis = result.get("analysis")
+    if analysis:
+        rep.heading(f"Network analysis: {analysis.get('method', 'network')}")
+        pca = analysis.get("cls_pca")
+        if pca:
+            ratio = pca.get("explained_variance_ratio") or []
+            rep.key_values([
+                ("final CLS token, variance in PC 1 / PC 2",
+                 " / ".join(f"{100 * r:.1f}%" for r in ratio)),
+                (f"Spearman correlation of PC 1 with the true {q}",
+                 fmt(pca.get("pc1_spearman_with_true"))),
+            ])
+        att = analysis.get("cross_scale_attention")
+        if att:
+            rep.table(["", *att["keys"]],
+                      [[f"block {b}", *row] for b, row in enumerate(att["mean"])]
+                      + [["mean", *att["mean_over_blocks"]]],
+                      caption="stage-2 (cross-scale) attention of each block's query to itself "
+                              "and to the CLS token of each scale, averaged over heads and events")
     plots = [str(p) for p in result.get("plots", [])]
     if plots:
         rep.heading("Plots")

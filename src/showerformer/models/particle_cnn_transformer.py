@@ -7,6 +7,7 @@ Read top to bottom:
 2. ``CNNBackbone``: depthwise-separable 3D convolutions over ``n_scales`` resolutions
    (64^3 -> 32^3 -> 16^3 -> 8^3 by default); every scale is projected to an 8^3 grid of
    ``d_model`` tokens.  # (B, S, d, 8, 8, 8)
+   On a CPU the convolutions run in the channels-last layout (``CNNBackbone.memory_format``).
 3. ``IntraSpatialAttn`` (stage 1): each scale's 8^3 tokens are cut into 2^3 = 8 blocks of 4^3 = 64
    tokens, a CLS token (block mean + learned token) is prepended to each block and one
    transformer block with 3D RoPE, shared by all blocks and scales, runs on the 65 tokens. The
@@ -69,6 +70,7 @@ from showerformer.nn import CrossAttentionBlock, RMSNorm, RotaryEmbedding3D, Tra
 from showerformer.nn.rope import grid_positions
 
 __all__ = [
+    "CONV_PATHS",
     "SEED_BREAKDOWN",
     "CNNBackbone",
     "CrossScaleAttn",
@@ -91,6 +93,8 @@ SEED_BREAKDOWN: dict[str, int] = {
 """The parameter table of the seed document (the specification of the 64^3 model)."""
 
 _LOSSES = ("huber", "mse", "l1")
+CONV_PATHS = ("auto", "fast", "plain")
+"""Layouts of the backbone's convolutions (:meth:`ParticleCNNTransformer.set_conv_path`)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,8 +269,30 @@ class CNNBackbone(nn.Module):
             )
             self.projections.append(nn.Sequential(patch, nn.Conv3d(ch[s], config.d_model, 1)))
 
+    conv_path: str = "auto"
+    """``"auto"`` (fast on a CPU, plain elsewhere), ``"fast"`` or ``"plain"``; see
+    :meth:`memory_format`. Not part of the configuration: both paths compute the same function
+    with the same parameters."""
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """Memory layout of the convolution activations on ``device``.
+
+        The fast path runs every convolution in ``torch.channels_last_3d`` (channels innermost;
+        GroupNorm, GELU and the residual additions keep the layout). On a CPU the backward pass
+        of a depthwise 3x3x3 convolution in the default layout goes through oneDNN's im2col +
+        GEMM implementation, thousands of short parallel regions: moderately slower than the
+        channels-last kernels on an idle CPU, up to tens of times slower on a CPU shared with
+        other busy processes (docs/regression.md has the measurements). The plain path is
+        PyTorch's default contiguous layout. Both give the same result up to float rounding
+        (tested against float64).
+        """
+        if self.conv_path == "plain" or (self.conv_path == "auto" and device.type != "cpu"):
+            return torch.contiguous_format
+        return torch.channels_last_3d
+
     def forward(self, x: Tensor) -> Tensor:
         """Arguments: prepared input ``(B, 2, G, G, G)``. Returns ``(B, S, d, T, T, T)``."""
+        x = x.contiguous(memory_format=self.memory_format(x.device))
         x = self.stem(x)  # (B, c0, G, G, G)
         tokens = []
         for scale, project in zip(self.scales, self.projections, strict=True):
@@ -340,14 +366,31 @@ class CrossScaleAttn(nn.Module):
         self.block = CrossAttentionBlock(config.d_model, config.n_heads, config.mlp_ratio,
                                          config.drop_path, config.layerscale_init)
 
+    @staticmethod
+    def _pairs(cls: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries ``(B*nB, 1, d)`` and their contexts ``(B*nB, 1 + S, d)`` (query first)."""
+        b, s, n_blocks, d = cls.shape
+        context = torch.cat([query[:, :, None], cls.transpose(1, 2)], dim=2)  # (B, nB, 1 + S, d)
+        return query.reshape(b * n_blocks, 1, d), context.reshape(b * n_blocks, 1 + s, d)
+
     def forward(self, cls: Tensor, query: Tensor) -> Tensor:
         """Arguments: scale CLS tokens ``cls`` (B, S, nB, d), queries ``query`` (B, nB, d).
         Returns the fused block tokens ``(B, nB, d)``."""
-        b, s, n_blocks, d = cls.shape
-        context = torch.cat([query[:, :, None], cls.transpose(1, 2)], dim=2)  # (B, nB, 1 + S, d)
-        q = query.reshape(b * n_blocks, 1, d)  # (B*nB, 1, d)
-        out = self.block(q, context.reshape(b * n_blocks, 1 + s, d))  # (B*nB, 1, d)
+        b, _, n_blocks, d = cls.shape
+        out = self.block(*self._pairs(cls, query))  # (B*nB, 1, d)
         return out.reshape(b, n_blocks, d)  # (B, nB, d)
+
+    @torch.no_grad()
+    def attention_weights(self, cls: Tensor, query: Tensor) -> Tensor:
+        """How much each block's query attends to itself and to each scale, averaged over heads.
+
+        Arguments: as :meth:`forward`. Returns ``(B, nB, 1 + S)``: column 0 is the query itself,
+        column ``1 + s`` the CLS token of scale ``s`` (64^3, 32^3, ... for the default model);
+        every row sums to 1.
+        """
+        b, s, n_blocks, _ = cls.shape
+        w = self.block.attention_weights(*self._pairs(cls, query))  # (B*nB, H, 1, 1 + S)
+        return w.mean(dim=1).reshape(b, n_blocks, 1 + s)
 
 
 class InterBlockAttn(nn.Module):
@@ -472,19 +515,53 @@ class ParticleCNNTransformer(nn.Module):
         Returns:
             ``(B,)``; :meth:`denormalize_target` turns it into GeV.
         """
+        return self._run(self._prepared(x))[0]
+
+    def _prepared(self, x: Tensor) -> Tensor:
+        """A prepared input ``(B, 2, G, G, G)`` from voxels or a prepared input (checked)."""
         g, c = self.config.grid, self.config.in_channels
         if x.ndim == 4:
-            x = self.prepare_input(x)  # (B, 2, G, G, G)
-        elif x.ndim != 5 or tuple(x.shape[1:]) != (c, g, g, g):
+            return self.prepare_input(x)  # (B, 2, G, G, G)
+        if x.ndim != 5 or tuple(x.shape[1:]) != (c, g, g, g):
             raise InputError(f"input tensor of shape {tuple(x.shape)}", key="voxels",
                              expected=f"(B, {g}, {g}, {g}) voxels or (B, {c}, {g}, {g}, {g}) prepared")
+        return x
+
+    def _run(self, x: Tensor, analysis: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward pass from a prepared input; with ``analysis`` also the final global CLS token
+        and the stage-2 attention weights (see :meth:`analyse`)."""
         tokens = self.backbone(x)  # (B, S, d, T, T, T)
         cls = self.stage1(tokens, self.cls_token)  # (B, S, nB, d)
         query = self.query_token + self.stage1.block_embed + cls.mean(dim=1)  # (B, nB, d)
         fused = self.stage2(cls, query)  # (B, nB, d)
         out = self.stage3(fused, self.global_token)  # (B, 1 + nB, d)
         pooled = torch.cat([out[:, 0], out[:, 1:].mean(dim=1)], dim=-1)  # (B, 2d)
-        return self.head(pooled).squeeze(-1)  # (B,)
+        extra: dict[str, Tensor] = {}
+        if analysis:
+            extra = {"cls": out[:, 0],  # (B, d)
+                     "cross_scale_attention": self.stage2.attention_weights(cls, query)}
+        return self.head(pooled).squeeze(-1), extra  # (B,)
+
+    @torch.no_grad()
+    def analyse(self, voxels: Tensor) -> dict[str, Tensor]:
+        """The seed's analysis quantities, in evaluation mode (the previous mode is restored).
+
+        Arguments:
+            voxels: energies in MeV ``(B, G, G, G)`` (or a prepared input).
+
+        Returns:
+            ``{"prediction": (B,) GeV, "cls": (B, d) final global CLS token (after the last
+            RMSNorm), "cross_scale_attention": (B, nB, 1 + S) stage-2 attention of each block's
+            query to itself (column 0) and to the CLS token of every scale, head-averaged}``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            y, extra = self._run(self._prepared(voxels), analysis=True)
+            return {"prediction": self.denormalize_target(y.float()),
+                    **{k: v.float() for k, v in extra.items()}}
+        finally:
+            self.train(was_training)
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Regression loss on the normalised target (``config.loss``: Huber, MSE or L1).
@@ -532,6 +609,15 @@ class ParticleCNNTransformer(nn.Module):
         """Not applicable: this family is a regressor, not a generative model."""
         raise NotImplementedError("particle-cnn-transformer is a regressor and does not sample "
                                   "showers; use predict(voxels) for momenta in GeV")
+
+    def set_conv_path(self, path: str) -> ParticleCNNTransformer:
+        """Choose the convolution layout of the backbone: ``"auto"`` (default: channels-last on a
+        CPU, PyTorch's default layout elsewhere), ``"fast"`` (channels-last everywhere) or
+        ``"plain"`` (default layout everywhere). Same parameters and results; returns ``self``."""
+        if path not in CONV_PATHS:
+            raise InputError(f"conv path {path!r}", key="conv_path", expected=" or ".join(CONV_PATHS))
+        self.backbone.conv_path = path
+        return self
 
     def parameter_breakdown(self) -> dict[str, int]:
         """See :func:`parameter_breakdown`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -107,6 +108,20 @@ class CrossAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, C/H)
         return self.proj(_merge_heads(y))  # (B, Nq, C)
 
+    def weights(self, x: Tensor, context: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The attention probabilities of :meth:`forward` (for analysis; not used in training).
+
+        Arguments: as :meth:`forward`. Returns ``softmax(q k^T / sqrt(C/H))`` (B, H, Nq, Nk);
+        masked keys get probability 0.
+        """
+        q = _split_heads(self.q(x), self.n_heads)  # (B, H, Nq, C/H)
+        k = _split_heads(self.kv(context).chunk(2, dim=-1)[0], self.n_heads)  # (B, H, Nk, C/H)
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, Nq, Nk)
+        if attn_mask is not None:
+            logits = (logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                      else logits + attn_mask)
+        return logits.softmax(dim=-1)
+
 
 class MLP(nn.Module):
     """Bias-free two-layer perceptron ``C -> ratio*C -> C`` with GELU (``2 * ratio * d^2``)."""
@@ -199,3 +214,8 @@ class CrossAttentionBlock(nn.Module):
         x = x + self.drop_path(self.ls1(self.attn(self.norm_q(x), self.norm_kv(context), attn_mask)))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
+
+    def attention_weights(self, x: Tensor, context: Tensor,
+                          attn_mask: Tensor | None = None) -> Tensor:
+        """Attention probabilities of the block's cross-attention ``(B, H, Nq, Nk)``."""
+        return self.attn.weights(self.norm_q(x), self.norm_kv(context), attn_mask)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from showerformer.errors import InputError
 from showerformer.training.data import SparseVoxelDataset, split_indices
@@ -37,6 +37,7 @@ __all__ = [
     "predict_file",
     "regression_datasets",
     "train_regressor",
+    "write_analysis",
 ]
 
 DATA_KEYS = ("target_key", "target_scale", "val_fraction", "in_memory")
@@ -262,8 +263,14 @@ def _data_settings(run: RunConfig) -> dict[str, Any]:
 @torch.no_grad()
 def predict_dataset(model: nn.Module, dataset: SparseVoxelDataset, *, batch_size: int = 64,
                     device: str | torch.device = "cpu", precision: str = "fp32",
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, analysis: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Predictions of a regressor (``model.predict(voxels)``) for every event, in order.
+
+    With ``analysis`` (a model with an ``analyse`` method, such as
+    :class:`~showerformer.models.particle_cnn_transformer.ParticleCNNTransformer`) the per-event
+    analysis arrays come too: ``(pred, {"cls": (N, d), "cross_scale_attention": (N, nB, 1 + S)})``
+    in float32.
 
     Returns:
         ``(N,)`` float64 predictions in the target unit (GeV for the momentum regressor).
@@ -277,6 +284,13 @@ def predict_dataset(model: nn.Module, dataset: SparseVoxelDataset, *, batch_size
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate_fn)
     dt = autocast_dtype(precision, dev)
     predict = getattr(model, "predict", None) or model
+    extra: dict[str, list[np.ndarray]] = {}
+    if analysis:
+        analyse = getattr(model, "analyse", None)
+        if analyse is None:
+            raise InputError(f"a {type(model).__name__} model", key="analysis",
+                             expected="a regressor with analysis outputs (particle-cnn-transformer)")
+        predict = lambda v: _collect(analyse(v), extra)  # noqa: E731
     out = []
     bar = None
     if progress:
@@ -299,7 +313,36 @@ def predict_dataset(model: nn.Module, dataset: SparseVoxelDataset, *, batch_size
     finally:
         if bar is not None:
             bar.stop()
-    return np.concatenate(out) if out else np.zeros(0)
+    pred = np.concatenate(out) if out else np.zeros(0)
+    if analysis:
+        return pred, {k: np.concatenate(v) for k, v in extra.items()}
+    return pred
+
+
+def write_analysis(f: Any, arrays: Mapping[str, np.ndarray], *, method: str,
+                   model: nn.Module | None = None) -> None:
+    """Write per-event analysis arrays into the group ``analysis`` of an open predictions file.
+
+    Layout: ``analysis/<name>`` float32 datasets with one row per event (``cls`` (N, d),
+    ``cross_scale_attention`` (N, nB, 1 + S)); group attributes ``method`` (the row of ``pred``
+    they belong to) and, for the attention, ``scales`` (one label per key: ``"query"`` then the
+    resolution of every scale, e.g. ``"64^3"``).
+    """
+    g = f.create_group("analysis")
+    g.attrs["method"] = method
+    for name, value in arrays.items():
+        g.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+    resolutions = getattr(getattr(model, "config", None), "scale_resolutions", None)
+    if resolutions is not None:
+        g.attrs["scales"] = ["query", *(f"{r}^3" for r in resolutions)]
+
+
+def _collect(result: dict[str, Tensor], into: dict[str, list[np.ndarray]]) -> Tensor:
+    """Keep the analysis arrays of one batch in ``into``; return the prediction."""
+    for key, value in result.items():
+        if key != "prediction":
+            into.setdefault(key, []).append(value.float().cpu().numpy())
+    return result["prediction"]
 
 
 def predict_file(
@@ -312,6 +355,7 @@ def predict_file(
     which: str = "last",
     ema: bool = True,
     progress: bool = False,
+    analysis: bool = False,
 ) -> dict[str, Any]:
     """Predict every event of a sparse voxel file and write a predictions file, atomically.
 
@@ -332,6 +376,8 @@ def predict_file(
         which: ``"last"`` or ``"best"`` checkpoint of a run folder.
         ema: use the moving-average weights when present.
         progress: show a progress bar.
+        analysis: also write the model's analysis arrays into the group ``analysis`` (see
+            :func:`write_analysis`), which ``evaluate-regression`` turns into plots.
 
     Returns:
         A summary: ``path``, ``events``, ``has_truth``, ``checkpoint``, ``weights`` and, with
@@ -384,8 +430,13 @@ def predict_file(
     if size < 1:
         raise InputError(f"batch_size={size}", path=jpath, key="train_config.batch_size",
                          expected="at least 1")
-    pred = predict_dataset(model, ds, batch_size=size, device=dev,
-                           precision=str(train_cfg.get("precision", "fp32")), progress=progress)
+    if analysis and not hasattr(model, "analyse"):
+        raise InputError(f"a '{info.get('family')}' checkpoint", path=folder, key="--analysis",
+                         expected="a regressor with analysis outputs (particle-cnn-transformer)")
+    result = predict_dataset(model, ds, batch_size=size, device=dev,
+                             precision=str(train_cfg.get("precision", "fp32")),
+                             progress=progress, analysis=analysis)
+    pred, arrays = result if analysis else (result, None)
     true = ds.targets
     unit = prep.get("target_unit", "GeV")
     from showerformer.io._h5file import create_h5
@@ -400,6 +451,12 @@ def predict_file(
         f.attrs["data"] = str(data)
         f.attrs["family"] = str(info.get("family"))
         f.attrs["weights"] = str(info.get("weights"))
+        if arrays is not None:  # the analysis names the row of 'pred' it belongs to
+            import h5py
+
+            f.create_dataset("method", data=np.array([str(info.get("family"))],
+                                                     dtype=h5py.string_dtype()))
+            write_analysis(f, arrays, method=str(info.get("family")), model=model)
     summary: dict[str, Any] = {"path": str(out), "events": len(ds), "has_truth": true is not None,
                                "checkpoint": info["path"], "weights": info.get("weights"),
                                "quantity": target_key, "unit": unit}
