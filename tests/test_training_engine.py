@@ -21,7 +21,8 @@ from showerformer.training import (
     WarmupCosine,
     load_run_config,
 )
-from showerformer.training.engine import LOG_COLUMNS, autocast_dtype
+from showerformer.training.log import LOG_COLUMNS
+from showerformer.training.trainer import autocast_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -355,7 +356,7 @@ def test_full_disk_keeps_the_earlier_checkpoint(tmp_path, monkeypatch) -> None:
 
 
 def test_check_setting_and_seed() -> None:
-    from showerformer.training.engine import check_setting
+    from showerformer.training.config import check_setting
 
     assert check_setting("3e-4", float, "lr") == 3e-4
     assert check_setting(None, int | None, "k") is None

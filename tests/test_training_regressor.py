@@ -19,7 +19,7 @@ from showerformer.evaluation.regression import read_predictions
 from showerformer.models.particle_cnn_transformer import ParticleCNNTransformer
 from showerformer.training import load_checkpoint, load_run_config
 from showerformer.training.data import SparseVoxelDataset
-from showerformer.training.regressor import build_regressor, predict_file, train_regressor
+from showerformer.training.regressor import predict_file, train_regressor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -170,7 +170,7 @@ def test_shipped_configs(tmp_path, name, grid, params) -> None:
     assert run.family == "particle-cnn-transformer" and run.model["grid"] == grid
     assert run.data["target_key"] == "momentum" and run.data["target_scale"] == 1e-3
     path = write_cube_file(tmp_path / "c.h5", n=4, grid=grid)
-    model = build_regressor(run, SparseVoxelDataset(path))
+    model = ParticleCNNTransformer.from_data(run.model, SparseVoxelDataset(path), run.data)
     assert model.config.grid == grid
     assert sum(p.numel() for p in model.parameters()) > params
 

@@ -279,7 +279,7 @@ def run_point_flow_benchmark(
     """
     from showerformer.benchmark.regression import default_config_path
     from showerformer.io import read_showers
-    from showerformer.training.engine import load_yaml
+    from showerformer.training.config import load_yaml
     from showerformer.training.point_flow import (
         generate_showers,
         load_point_flow,

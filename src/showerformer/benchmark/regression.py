@@ -178,9 +178,9 @@ def run_regression_benchmark(
 
     if model:
         from showerformer.training.checkpoint import load_checkpoint
+        from showerformer.training.config import load_yaml
         from showerformer.training.data import SparseVoxelDataset
         from showerformer.training.distributed import resolve_device
-        from showerformer.training.engine import load_yaml
         from showerformer.training.regressor import predict_dataset, train_regressor
 
         if isinstance(config, Mapping):

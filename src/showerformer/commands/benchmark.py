@@ -327,7 +327,7 @@ def regressor_speed(
     from showerformer.benchmark.regressor_speed import regressor_speed as run
     from showerformer.commands.tables import show_table
     from showerformer.errors import InputError
-    from showerformer.training.engine import check_count, check_device
+    from showerformer.training.config import check_count, check_device
 
     def ints(text: str, key: str) -> list[int]:
         try:
@@ -350,7 +350,7 @@ def regressor_speed(
     model_config = None
     if config is not None:
         from showerformer.benchmark.regression import default_config_path
-        from showerformer.training.engine import load_yaml
+        from showerformer.training.config import load_yaml
 
         cfg_path = default_config_path(config)
         model_config = dict(load_yaml(cfg_path).get("model") or {})

@@ -1,4 +1,5 @@
-"""Training and inference commands: ``train regressor``, ``train point-flow``, ``predict``, ``sample``."""
+"""Training and inference commands: ``train`` (any family; ``train regressor`` and
+``train point-flow`` are aliases), ``predict`` and ``sample``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["point_flow", "predict", "regressor", "sample", "train_app"]
+__all__ = ["point_flow", "predict", "regressor", "sample", "train", "train_app"]
 
 
 def _report(result: Any) -> None:
@@ -212,8 +213,64 @@ def predict(
     typer.echo(line)
 
 
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML run config: model: (family: and its keys), train: and data: "
+                         "(see configs/).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Training data file, in a format the family reads (sparse voxels for "
+                       "regressors; point clouds or voxels for point-cloud generators).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="Override one config value, e.g. --set model.d_model=64 --set train.lr=1e-3 "
+             "--set model.shower.layer_window=null (repeatable; YAML values).")] = None,
+    val_data: Annotated[Path | None, typer.Option(
+        "--val-data", help="Separate validation file (default: hold out --val-fraction).")
+    ] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        "--val-fraction", help="Seeded held-out share of --data, in [0, 1) (0: no validation; "
+                               "default: the config's data.val_fraction).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder for log.csv and checkpoints/ (default: the config's "
+                            "train.out_dir).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", help="Stop after N optimizer steps (the schedule ends there too).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu, cuda or cuda:N (default: the config's).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="Show a progress bar.")] = True,
+) -> None:
+    """Train any model family: the config's model.family picks it, --set changes any value.
+
+    Under torchrun (torchrun --nproc_per_node N -m showerformer train ...) the global batch is
+    split over the processes; rank 0 writes the logs and checkpoints.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from showerformer.errors import InputError
+    from showerformer.training.run import train as train_family
+
+    for option, value in (("--config", config), ("--data", data)):
+        if value is None:
+            raise InputError("missing option", key=option,
+                             expected="showerformer train --config FILE --data FILE")
+    assert config is not None and data is not None
+    result = train_family(config, data, out, overrides=tuple(set_ or ()), val_data=val_data,
+                          val_fraction=val_fraction, resume=resume, overwrite=overwrite,
+                          max_steps=max_steps, device=device, progress=progress)
+    _report(result)
+
+
 train_app = typer.Typer(name="train", help="Train a model family on a data file.",
-                        no_args_is_help=True)
-"""The ``train`` command group (``app.add_typer(train_app, name="train")``)."""
-train_app.command("regressor")(regressor)
-train_app.command("point-flow")(point_flow)
+                        invoke_without_command=True, no_args_is_help=True)
+"""The ``train`` command (``app.add_typer(train_app, name="train")``): generic through its
+options; ``regressor`` and ``point-flow`` remain as aliases."""
+train_app.callback()(train)
+train_app.command("regressor", help="Alias of 'showerformer train' for regressor configs.")(
+    regressor)
+train_app.command("point-flow", help="Alias of 'showerformer train' for point-flow configs "
+                  "(--layer-window is --set model.shower.layer_window=K).")(point_flow)

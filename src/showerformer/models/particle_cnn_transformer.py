@@ -59,6 +59,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,6 +67,7 @@ from torch import Tensor, nn
 from showerformer.errors import InputError
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
+from showerformer.models.family import FamilyModule
 from showerformer.nn import CrossAttentionBlock, RMSNorm, RotaryEmbedding3D, TransformerBlock
 from showerformer.nn.rope import grid_positions
 
@@ -424,14 +426,14 @@ class InterBlockAttn(nn.Module):
 
 
 @register("particle-cnn-transformer")
-class ParticleCNNTransformer(nn.Module):
+class ParticleCNNTransformer(FamilyModule):
     """Hierarchical CNN + three-stage transformer regressing the incident momentum of a shower.
 
     ``forward`` takes voxel energies ``(B, nz, ny, nx)`` in MeV, or an already prepared input
     ``(B, 2, G, G, G)`` (see :meth:`prepare_input`), and returns the momentum in normalised units
-    ``(B,)``; :meth:`predict` returns GeV and :meth:`loss` trains it. A regressor has no
-    ``sample``: :meth:`sample` raises ``NotImplementedError`` (``task = "regression"`` tells the
-    generic tooling so).
+    ``(B,)``; :meth:`predict` returns GeV and :meth:`loss` trains it (``task = "regression"``).
+    :meth:`from_data` takes the grid and the target normalisation from labelled sparse voxel
+    files (``data_kind = "sparse-voxels"``).
 
     Arguments:
         config: hyper-parameters; the seed's 64^3 model when omitted.
@@ -439,6 +441,7 @@ class ParticleCNNTransformer(nn.Module):
 
     config_class: ClassVar[type] = ParticleCNNTransformerConfig
     task: ClassVar[str] = "regression"
+    data_kind: ClassVar[str] = "sparse-voxels"
     family: ClassVar[str]
 
     def __init__(self, config: ParticleCNNTransformerConfig | None = None) -> None:
@@ -605,10 +608,52 @@ class ParticleCNNTransformer(nn.Module):
         finally:
             self.train(was_training)
 
-    def sample(self, *args: Any, **kwargs: Any) -> Any:
-        """Not applicable: this family is a regressor, not a generative model."""
-        raise NotImplementedError("particle-cnn-transformer is a regressor and does not sample "
-                                  "showers; use predict(voxels) for momenta in GeV")
+    @classmethod
+    def from_data(cls, overrides: Mapping[str, Any], train: Any, settings: Mapping[str, Any],
+                  *, val: Any = None) -> ParticleCNNTransformer:
+        """The model of a run config for labelled voxel data.
+
+        ``grid`` defaults to the data's grid; ``target_mean_gev`` / ``target_std_gev`` default
+        to the mean and standard deviation of the training targets (explicit config values
+        win). The data description (grid shape, geometry, target key and scale) becomes the
+        model's :meth:`data_state`.
+
+        Arguments:
+            overrides: keys of :class:`ParticleCNNTransformerConfig`.
+            train: a :class:`~showerformer.training.data.SparseVoxelDataset`.
+            settings: the ``data:`` settings (``target_key``, ``target_scale``).
+            val: the validation dataset (its grid must match; checked by the data kind).
+
+        Raises:
+            InputError: a grid that is not cubic (naming the data file) or does not match the
+                config, or a bad config value (naming the key).
+        """
+        overrides = dict(overrides)
+        shape = tuple(train.shape)
+        if len(shape) != 3 or len(set(shape)) != 1:
+            raise InputError(f"event shape {shape}", path=train.path, key="geometry",
+                             expected="a cubic grid (G, G, G)")
+        grid = overrides.setdefault("grid", shape[0])
+        if grid != shape[0]:
+            raise InputError(f"grid={grid} but the data has {shape[0]}^3 cells", key="grid",
+                             expected=f"{shape[0]} (or leave it unset)")
+        targets = train.targets
+        if targets is None or len(targets) == 0:
+            raise InputError("no targets", path=train.path, key=train.target_key,
+                             expected="labelled training events")
+        mean, std = float(np.mean(targets)), float(np.std(targets))
+        overrides.setdefault("target_mean_gev", mean)
+        overrides.setdefault("target_std_gev", std if std > 0 and math.isfinite(std) else 1.0)
+        model = cls(cls.config_class.from_dict(overrides))
+        scale = float(settings.get("target_scale", 1e-3))
+        model.load_data_state({
+            "kind": "sparse-voxels", "input": "voxels", "input_unit": "MeV",
+            "shape": list(shape), "geometry": train.geometry.to_dict(),
+            "target_key": str(settings.get("target_key", "momentum")), "target_scale": scale,
+            "target_unit": "GeV" if scale == 1e-3 else f"MeV x {scale:g}",
+            "target_mean_gev": model.config.target_mean_gev,
+            "target_std_gev": model.config.target_std_gev}, {})
+        return model
 
     def set_conv_path(self, path: str) -> ParticleCNNTransformer:
         """Choose the convolution layout of the backbone: ``"auto"`` (default: channels-last on a

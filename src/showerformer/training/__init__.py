@@ -1,6 +1,7 @@
 """One trainer for every model family: optimizer groups, schedules, AMP, EMA, checkpoints, DDP."""
 
 from showerformer.training.checkpoint import load_checkpoint, save_checkpoint
+from showerformer.training.config import RunConfig, TrainConfig, load_run_config
 from showerformer.training.data import (
     DensifyCollate,
     EpochBatchSampler,
@@ -11,14 +12,6 @@ from showerformer.training.data import (
     split_indices,
 )
 from showerformer.training.ema import EMA
-from showerformer.training.engine import (
-    RunConfig,
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    TrainResult,
-    load_run_config,
-)
 from showerformer.training.optim import (
     WarmupCosine,
     build_optimizer,
@@ -27,6 +20,7 @@ from showerformer.training.optim import (
     parameter_groups,
     warmup_cosine,
 )
+from showerformer.training.trainer import Trainer, TrainingError, TrainResult
 
 __all__ = [
     "EMA",

@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,14 @@ __all__ = [
     "load_optimizer_state",
     "load_training_state",
     "load_weights",
+    "optimizer_key",
     "optimizer_tensors",
     "prune_checkpoints",
     "read_checkpoint_info",
     "read_pointer",
     "remove_stale_temporaries",
     "resolve_checkpoint",
+    "restore_data_state",
     "restore_rng_state",
     "resume_folder",
     "save_checkpoint",
@@ -69,6 +71,16 @@ CHECKPOINT_JSON = "checkpoint.json"
 FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def optimizer_key(index: int) -> str:
+    """The ``files`` key and JSON entry of optimizer ``index``: ``"optimizer"`` for the first
+    (the only one of most families), ``"optimizer_1"``, ``"optimizer_2"``... for the others."""
+    return "optimizer" if index == 0 else f"optimizer_{index}"
+
+
+def _optimizer_file(index: int) -> str:
+    return OPTIMIZER_FILE if index == 0 else f"optimizer-{index}.safetensors"
 _POINTERS = ("last", "best")
 
 
@@ -376,7 +388,7 @@ def save_checkpoint(
     *,
     model: nn.Module,
     info: Mapping[str, Any],
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     ema: Any = None,
     keep: int | None = None,
     best: bool = False,
@@ -388,7 +400,8 @@ def save_checkpoint(
         step: optimizer steps taken.
         model: the network (unwrapped).
         info: JSON-ready data (family, model_config, preprocessing, train_config, state, rng...).
-        optimizer: saved when given.
+        optimizer: saved when given; several (a GAN's critic and generator) are saved as
+            ``optimizer.safetensors``, ``optimizer-1.safetensors``, ... (see :func:`optimizer_key`).
         ema: an :class:`~showerformer.training.ema.EMA`, saved when given.
         keep: keep the newest ``keep`` folders (None: all).
         best: also point ``best.json`` at this checkpoint.
@@ -414,11 +427,13 @@ def save_checkpoint(
             _save_module(ema.module, tmp / EMA_FILE)
             files["ema"] = EMA_FILE
             data["ema"] = ema.meta()
-        if optimizer is not None:
-            tensors, meta = optimizer_tensors(optimizer)
-            _save_tensors(tensors, tmp / OPTIMIZER_FILE)
-            files["optimizer"] = OPTIMIZER_FILE
-            data["optimizer"] = meta
+        optimizers = ([] if optimizer is None else [optimizer]
+                      if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer))
+        for i, opt in enumerate(optimizers):
+            tensors, meta = optimizer_tensors(opt)
+            _save_tensors(tensors, tmp / _optimizer_file(i))
+            files[optimizer_key(i)] = _optimizer_file(i)
+            data[optimizer_key(i)] = meta
         data["files"] = files
         (tmp / CHECKPOINT_JSON).write_text(
             json.dumps(data, indent=1, default=_json_default, allow_nan=False) + "\n")
@@ -550,6 +565,30 @@ def build_model_from_info(info: Mapping[str, Any]) -> nn.Module:
     return cls(config)
 
 
+def restore_data_state(model: nn.Module, info: Mapping[str, Any]) -> None:
+    """Give a rebuilt model the state it fitted on its training data (the checkpoint's
+    ``preprocessing`` entry), through its ``load_data_state`` when it has one.
+
+    Raises:
+        InputError: a state the family cannot read, naming ``checkpoint.json`` and the key.
+    """
+    load = getattr(model, "load_data_state", None)
+    if not callable(load):
+        return
+    jpath = Path(str(info.get("path", "."))) / CHECKPOINT_JSON
+    state = info.get("preprocessing")
+    try:
+        load(dict(state) if isinstance(state, Mapping) else {}, info)
+    except InputError as exc:
+        key = exc.key if exc.key and exc.key.startswith(("preprocessing", "metadata")) else (
+            f"preprocessing.{exc.key}" if exc.key else "preprocessing")
+        raise InputError(exc.what, path=jpath, key=key, expected=exc.expected) from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f"unreadable preprocessing ({type(exc).__name__}: {exc})"[:300],
+                         path=jpath, key="preprocessing",
+                         expected="the state the family wrote when it was trained") from None
+
+
 def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
                     ema: bool = True, which: str = "last") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a checkpoint through the model registry, ready for prediction.
@@ -570,6 +609,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
     folder = resolve_checkpoint(path, which)
     info = read_checkpoint_info(folder)
     model = build_model_from_info(info)
+    restore_data_state(model, info)
     files = info.get("files") or {}
     use_ema = bool(ema and files.get("ema"))
     load_weights(model, folder / (files["ema"] if use_ema else files.get("model", MODEL_FILE)))
@@ -606,9 +646,11 @@ def check_rng_states(states: Any, path: str | os.PathLike[str], key: str = "rng"
 
 
 def load_training_state(folder: str | os.PathLike[str], model: nn.Module,
-                        optimizer: torch.optim.Optimizer | None = None, ema: Any = None,
+                        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+                        | None = None, ema: Any = None,
                         device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load weights, optimizer and EMA of a checkpoint into existing objects; returns its info.
+    """Load weights, optimizer(s) and EMA of a checkpoint into existing objects; returns its
+    info.
 
     Reads only: nothing in the checkpoint folder changes, also when it fails.
 
@@ -632,19 +674,22 @@ def load_training_state(folder: str | os.PathLike[str], model: nn.Module,
             raise InputError(f"{updates!r}", path=jpath, key="ema.updates",
                              expected="a non-negative integer")
         ema.averaged.n_averaged.fill_(updates)
-    if optimizer is not None:
-        if not files.get("optimizer"):
+    optimizers = ([] if optimizer is None else [optimizer]
+                  if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer))
+    for i, opt in enumerate(optimizers):
+        key = optimizer_key(i)
+        if not files.get(key):
             raise InputError("checkpoint without optimizer state", path=jpath,
-                             key="files.optimizer", expected="a checkpoint written during training")
-        tensors = _load_tensors(folder / files["optimizer"])
-        meta = info.get("optimizer")
+                             key=f"files.{key}", expected="a checkpoint written during training")
+        tensors = _load_tensors(folder / files[key])
+        meta = info.get(key)
         if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
-            raise InputError("no optimizer groups", path=jpath, key="optimizer.param_groups",
+            raise InputError("no optimizer groups", path=jpath, key=f"{key}.param_groups",
                              expected="the optimizer state written by the trainer")
         try:
-            load_optimizer_state(optimizer, tensors, meta)
+            load_optimizer_state(opt, tensors, meta)
         except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise InputError(f"optimizer state does not match the model ({exc})"[:300],
-                             path=folder / files["optimizer"],
+                             path=folder / files[key],
                              expected="the optimizer of the same model") from None
     return info

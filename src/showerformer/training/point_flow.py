@@ -17,20 +17,17 @@ import torch
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.showers import Conditions, PointShowers, VoxelShowers
-from showerformer.training.data import split_indices
-from showerformer.training.engine import (
+from showerformer.training.config import (
     RunConfig,
-    Trainer,
-    TrainResult,
     check_count,
     check_device,
     check_enough_samples,
     check_max_steps,
-    check_run_folder,
     check_setting,
     check_val_fraction,
     load_run_config,
 )
+from showerformer.training.data import split_indices
 from showerformer.training.point_data import (
     VOXEL_FORMATS,
     BucketBatchSampler,
@@ -39,6 +36,7 @@ from showerformer.training.point_data import (
     load_point_dataset,
     size_sorted,
 )
+from showerformer.training.trainer import Trainer, TrainResult, check_run_folder
 
 __all__ = [
     "DATA_KEYS",
@@ -260,7 +258,7 @@ def train_point_flow(
         stop_at_step: interrupt (with a checkpoint) after this many steps, as a preempted job.
 
     Returns:
-        The :class:`~showerformer.training.engine.TrainResult`; the checkpoints hold the
+        The :class:`~showerformer.training.trainer.TrainResult`; the checkpoints hold the
         preprocessing, the geometry, the training conditions and per-layer count limits.
 
     Raises:

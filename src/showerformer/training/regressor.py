@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +12,23 @@ import torch
 from torch import Tensor, nn
 
 from showerformer.errors import InputError
-from showerformer.training.data import SparseVoxelDataset, split_indices
-from showerformer.training.engine import (
-    RunConfig,
-    Trainer,
-    TrainResult,
-    autocast_dtype,
+from showerformer.training.config import (
     check_count,
     check_device,
-    check_enough_samples,
-    check_max_steps,
-    check_run_folder,
     check_setting,
     check_val_fraction,
     load_run_config,
 )
+from showerformer.training.data import SparseVoxelDataset, split_indices
+from showerformer.training.trainer import TrainResult, autocast_dtype
 
 __all__ = [
-    "DATA_KEYS",
-    "build_regressor",
     "predict_dataset",
     "predict_file",
     "regression_datasets",
     "train_regressor",
     "write_analysis",
 ]
-
-DATA_KEYS = ("target_key", "target_scale", "val_fraction", "in_memory")
-"""Allowed keys of the ``data:`` section of a regressor config."""
-_DEFAULT_VAL_FRACTION = 0.1
-
 
 def regression_datasets(
     data: str | os.PathLike[str],
@@ -108,62 +93,12 @@ def _labelled(ds: SparseVoxelDataset) -> SparseVoxelDataset:
     return ds
 
 
-def build_regressor(run: RunConfig, train: SparseVoxelDataset,
-                    target_stats: tuple[float, float] | None = None) -> nn.Module:
-    """The model of a run config, its grid and target normalisation taken from the data.
-
-    ``grid`` defaults to the data's grid; ``target_mean_gev`` / ``target_std_gev`` default to
-    the training targets' mean and standard deviation (explicit config values win).
-
-    Raises:
-        InputError: an unknown family, a non-regressor family, a grid that does not match the
-            data, or a bad config value, naming the config file and the key.
-    """
-    from showerformer.models import get_model_class
-
-    try:
-        cls = get_model_class(run.family)
-    except InputError as exc:
-        raise InputError(exc.what, path=run.path, key="model.family",
-                         expected=exc.expected) from None
-    if getattr(cls, "task", None) != "regression":
-        raise InputError(f"family '{run.family}' is not a regressor", path=run.path,
-                         key="model.family", expected="a family with task = 'regression'")
-    config_class = cls.config_class  # type: ignore[attr-defined]
-    overrides = dict(run.model)
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    shape = train.shape
-    if "grid" in fields:
-        if len(shape) != 3 or len(set(shape)) != 1:
-            raise InputError(f"event shape {shape}", path=train.path, key="geometry",
-                             expected="a cubic grid (G, G, G)")
-        grid = overrides.setdefault("grid", shape[0])
-        if grid != shape[0]:
-            raise InputError(f"grid={grid} but the data has {shape[0]}^3 cells", path=run.path,
-                             key="model.grid", expected=f"{shape[0]} (or leave it unset)")
-    if target_stats is None:
-        targets = train.targets
-        if targets is None or len(targets) == 0:
-            raise InputError("no targets", path=train.path, key=train.target_key,
-                             expected="labelled training events")
-        mean, std = float(np.mean(targets)), float(np.std(targets))
-        target_stats = (mean, std if std > 0 and math.isfinite(std) else 1.0)
-    if "target_mean_gev" in fields:
-        overrides.setdefault("target_mean_gev", target_stats[0])
-        overrides.setdefault("target_std_gev", target_stats[1])
-    try:
-        config = config_class.from_dict(overrides)
-    except InputError as exc:
-        raise InputError(exc.what, path=run.path, key=f"model.{exc.key}",
-                         expected=exc.expected) from None
-    return cls(config)
-
-
 def train_regressor(
     data: str | os.PathLike[str],
     config: str | os.PathLike[str] | Mapping[str, Any],
     out_dir: str | os.PathLike[str] | None = None,
     *,
+    overrides: Sequence[str] = (),
     val_data: str | os.PathLike[str] | None = None,
     val_fraction: float | None = None,
     resume: bool = False,
@@ -172,92 +107,32 @@ def train_regressor(
     device: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a regressor family on a sparse voxel file.
+    """Train a regressor family on a sparse voxel file: :func:`showerformer.training.run.train`
+    for configs whose family is a regressor.
 
     Arguments:
         data: training file (sparse voxels, e.g. ``showerformer simulate sandwich64``).
         config: YAML path or mapping with ``model:``, ``train:`` and optional ``data:``
             (``target_key``, ``target_scale``, ``val_fraction``, ``in_memory``).
-        out_dir: run folder (overrides ``train.out_dir``).
-        val_data: separate validation file.
-        val_fraction: held-out share of ``data`` when there is no ``val_data`` (default: the
-            config's, else 0.1).
-        resume: continue from the run folder's last checkpoint.
-        overwrite: replace the checkpoints of an earlier run in the run folder (without it
-            a fresh run into such a folder is refused).
-        max_steps: overrides ``train.max_steps`` (with ``epochs`` also set, the earlier stop
-            wins).
-        device: overrides ``train.device``.
-        progress: show the progress bar.
+        out_dir, overrides, val_data, val_fraction, resume, overwrite, max_steps, device,
+            progress: as in :func:`~showerformer.training.run.train`.
 
     Returns:
-        The :class:`~showerformer.training.engine.TrainResult`.
+        The :class:`~showerformer.training.trainer.TrainResult`.
+
+    Raises:
+        InputError: a family that is not a regressor (naming the config file and
+            ``model.family``), and everything :func:`~showerformer.training.run.train` checks.
     """
-    check_val_fraction(val_fraction)
-    check_max_steps(max_steps)
-    run = load_run_config(config, data_keys=DATA_KEYS)
-    train_cfg = run.train.with_overrides(out_dir=out_dir, max_steps=max_steps, device=device)
-    d = _data_settings(run)
-    if device is not None:
-        check_device(device)
-    else:
-        check_device(train_cfg.device, "train.device", run.path)
-    check_run_folder(train_cfg.out_dir, resume, overwrite=overwrite)
-    target_key, target_scale = d["target_key"], d["target_scale"]
-    if val_fraction is None and val_data is None:
-        val_fraction = d["val_fraction"]
-    train_ds, val_ds = regression_datasets(
-        data, val_data=val_data, val_fraction=val_fraction, target_key=target_key,
-        target_scale=target_scale, seed=train_cfg.seed, in_memory=d["in_memory"])
-    check_enough_samples(len(train_ds), train_cfg, data, run.path)
-    torch.manual_seed(train_cfg.seed)  # reproducible initial weights
-    model = build_regressor(run, train_ds)
-    mcfg = model.config  # type: ignore[attr-defined]
-    preprocessing = {
-        "kind": "sparse-voxels",
-        "input": "voxels",
-        "input_unit": "MeV",
-        "shape": list(train_ds.shape),
-        "geometry": train_ds.geometry.to_dict(),
-        "target_key": target_key,
-        "target_scale": target_scale,
-        "target_unit": "GeV" if target_scale == 1e-3 else f"MeV x {target_scale:g}",
-        "target_mean_gev": getattr(mcfg, "target_mean_gev", None),
-        "target_std_gev": getattr(mcfg, "target_std_gev", None),
-    }
-    metadata = {
-        "preprocessing": preprocessing,
-        "data": {"train": str(data), "val": None if val_data is None else str(val_data),
-                 "val_fraction": None if val_data is not None else val_fraction,
-                 "n_train": len(train_ds), "n_val": 0 if val_ds is None else len(val_ds)},
-        "run_config": str(run.path) if run.path else None,
-    }
-    resolved = {"model": {"family": run.family, **mcfg.to_dict()},
-                "train": train_cfg.to_dict(), "data": {**run.data, "target_key": target_key,
-                                                       "target_scale": target_scale}}
-    trainer = Trainer(model, train_ds, val_ds, train_cfg, progress=progress, metadata=metadata,
-                      run_config=resolved)
-    return trainer.fit(resume=resume, overwrite=overwrite)
+    from showerformer.training.run import family_class, train
 
-
-def _data_settings(run: RunConfig) -> dict[str, Any]:
-    """The ``data:`` section of a regressor config with defaults, checked (errors name the
-    config file and ``data.<key>``)."""
-    d = run.data
-    out: dict[str, Any] = {
-        "target_key": check_setting(d.get("target_key", "momentum"), str, "data.target_key",
-                                    run.path),
-        "target_scale": check_setting(d.get("target_scale", 1e-3), float, "data.target_scale",
-                                      run.path),
-        "val_fraction": check_setting(d.get("val_fraction", _DEFAULT_VAL_FRACTION), float,
-                                      "data.val_fraction", run.path),
-        "in_memory": check_setting(d.get("in_memory", True), bool, "data.in_memory", run.path),
-    }
-    if not out["target_scale"] > 0:
-        raise InputError(f"{out['target_scale']!r}", path=run.path, key="data.target_scale",
-                         expected="a positive factor (1e-3: MeV -> GeV)")
-    check_val_fraction(out["val_fraction"], path=run.path, key="data.val_fraction")
-    return out
+    run = load_run_config(config, overrides=overrides)
+    if getattr(family_class(run), "task", None) != "regression":
+        raise InputError(f"family '{run.family}' is not a regressor", path=run.path,
+                         key="model.family", expected="a family with task = 'regression'")
+    return train(config, data, out_dir, overrides=overrides, val_data=val_data,
+                 val_fraction=val_fraction, resume=resume, overwrite=overwrite,
+                 max_steps=max_steps, device=device, progress=progress)
 
 
 @torch.no_grad()

@@ -1,27 +1,25 @@
-"""The trainer shared by every model family: AMP, clipping, EMA, checkpoint/resume, DDP, logs.
+"""The training loop shared by every model family: AMP, clipping, EMA, checkpoints, resume, DDP.
 
-The model contract is a single method, ``model.loss(batch: dict[str, Tensor]) -> Tensor``
-(a scalar, the mean over the batch). The loop is deterministic: the data order depends only on
-``(seed, epoch)`` (:class:`~showerformer.training.data.EpochBatchSampler`), every random state
-is saved in the checkpoints, and a resumed run reproduces the uninterrupted one bit for bit on
-the same hardware.
+A family plugs in through the contract of :mod:`showerformer.models.family`: the default step is
+``loss(batch) -> backward -> clip -> optimizer step``; a family that needs more (a GAN's
+alternating critic and generator updates) supplies ``configure_optimizers`` and
+``training_step(batch, step, optimizers)``, and may supply ``validation_metric`` to pick the best
+checkpoint. The loop is deterministic: the data order depends only on ``(seed, epoch)``
+(:class:`~showerformer.training.data.EpochBatchSampler`), every random state is saved in the
+checkpoints, and a resumed run reproduces the uninterrupted one bit for bit on the same hardware.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import json
 import math
-import numbers
 import os
 import random
 import shutil
 import time
-import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from showerformer._atomic import atomic_path
 from showerformer._paths import check_output_dir, disk_full_error
 from showerformer.errors import InputError, OutputError, ShowerformerError
-from showerformer.models.config import coerce_value
 from showerformer.training import checkpoint as ckpt
+from showerformer.training.config import PRECISIONS, TrainConfig
 from showerformer.training.data import EpochBatchSampler
 from showerformer.training.distributed import (
     DistEnv,
@@ -46,313 +44,23 @@ from showerformer.training.distributed import (
     wrap_ddp,
 )
 from showerformer.training.ema import EMA
-from showerformer.training.optim import WarmupCosine, build_optimizer, clip_grad_norm
+from showerformer.training.log import RunLog
+from showerformer.training.optim import WarmupCosine, build_optimizer, clip_grad_norm, warmup_cosine
 
 __all__ = [
-    "LOG_COLUMNS",
-    "PRECISIONS",
-    "RunConfig",
-    "TrainConfig",
+    "Optimizers",
     "TrainResult",
     "Trainer",
     "TrainingError",
     "autocast_dtype",
-    "check_count",
-    "check_device",
-    "check_enough_samples",
-    "check_max_steps",
     "check_run_folder",
-    "check_setting",
-    "check_val_fraction",
-    "load_run_config",
-    "load_yaml",
     "seed_everything",
 ]
-
-PRECISIONS = ("fp32", "bf16", "auto")
-LOG_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "val_loss",
-               "best_val_loss")
-"""Columns of ``log.csv``: training rows leave ``val_loss`` empty, validation rows the
-training columns (``epoch`` is 0-based; a validation row's is the epoch just finished)."""
 
 
 class TrainingError(ShowerformerError):
     """Training cannot go on (e.g. a non-finite loss); the message says where."""
 
-
-# ---------------------------------------------------------------------------- configuration
-
-
-def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A YAML file's top-level mapping (an empty file gives ``{}``).
-
-    Raises:
-        InputError: a missing file, a YAML syntax error or a top level that is not a mapping.
-    """
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror or exc})", path=p,
-                         expected="a YAML config file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"YAML syntax error{where}", path=p, expected="valid YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(f"top level is a {type(data).__name__}", path=p,
-                         expected="a mapping of sections (model:, train:, data:)")
-    return data
-
-
-def check_setting(value: Any, tp: Any, key: str,
-                  path: str | os.PathLike[str] | None = None) -> Any:
-    """A config value checked against the simple annotation ``tp`` and converted where
-    lossless (see :func:`~showerformer.models.config.coerce_value`).
-
-    Raises:
-        InputError: naming ``path`` (the config file) and ``key``.
-    """
-    try:
-        return coerce_value(value, tp, key)
-    except InputError as exc:
-        raise InputError(exc.what, path=path, key=key, expected=exc.expected) from None
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of a training run (the ``train:`` section of a YAML config).
-
-    Attributes:
-        lr: peak learning rate.
-        min_lr_ratio: floor of the cosine decay as a fraction of ``lr``.
-        weight_decay: AdamW decoupled decay of the linear / conv weights (norms, biases,
-            LayerScale gains, embeddings and learned tokens are exempt).
-        betas: Adam moment coefficients.
-        eps: Adam denominator floor.
-        warmup_steps: linear warmup length in optimizer steps.
-        max_steps: stop after this many steps (None: ``epochs`` decides).
-        epochs: stop after this many epochs (None: ``max_steps`` decides); with both the
-            earlier stop wins. The cosine reaches its floor at the stop.
-        batch_size: global batch size (split equally over the processes under torchrun).
-        val_batch_size: validation / prediction batch size per process (None: ``batch_size``).
-        grad_clip: clip the global gradient norm to this (None: no clipping).
-        precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on CUDA when the GPU
-            supports it, fp32 otherwise).
-        ema_decay: keep an exponential moving average of the weights (None: off); validation
-            and prediction then use the averaged weights.
-        checkpoint_every: save every this many steps (None: only at improvements and the end).
-        keep_checkpoints: keep the newest this many checkpoint folders (the best is never
-            deleted).
-        val_every: validate every this many steps (None: at the end of every epoch).
-        early_stopping_patience: stop after this many validations without improvement of the
-            validation loss (None: off).
-        seed: seed of the data order, dropout and every other random step.
-        num_workers: data-loader worker processes.
-        log_every: write a log row every this many steps.
-        out_dir: run folder (``log.csv``, ``checkpoints/``, ``tensorboard/``).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        tensorboard: also log to TensorBoard when it is installed.
-    """
-
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.01
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    max_steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 32
-    val_batch_size: int | None = None
-    grad_clip: float | None = 1.0
-    precision: str = "auto"
-    ema_decay: float | None = None
-    checkpoint_every: int | None = 1000
-    keep_checkpoints: int = 3
-    val_every: int | None = None
-    early_stopping_patience: int | None = None
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 10
-    out_dir: str = "runs/train"
-    device: str = "auto"
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
-        if self.max_steps is None and self.epochs is None:
-            raise bad("max_steps", "max_steps or epochs (or both) to be set")
-        for key in ("max_steps", "epochs", "checkpoint_every", "val_every", "val_batch_size",
-                    "early_stopping_patience"):
-            v = getattr(self, key)
-            if v is not None and v < 1:
-                raise bad(key, "a positive integer or null")
-        if not self.lr > 0:
-            raise bad("lr", "a positive learning rate")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise bad("min_lr_ratio", "a fraction in [0, 1]")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "a non-negative number")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise bad("betas", "two numbers in [0, 1)")
-        if self.warmup_steps < 0:
-            raise bad("warmup_steps", "a non-negative integer")
-        if self.batch_size < 1:
-            raise bad("batch_size", "a positive integer")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise bad("grad_clip", "a positive norm or null")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", " or ".join(PRECISIONS))
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise bad("ema_decay", "a decay in [0, 1) or null")
-        if self.keep_checkpoints < 1:
-            raise bad("keep_checkpoints", "at least 1")
-        if self.num_workers < 0:
-            raise bad("num_workers", "a non-negative integer")
-        if self.seed < 0:
-            raise bad("seed", "a non-negative integer")
-        if self.log_every < 1:
-            raise bad("log_every", "a positive integer")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON / YAML-ready dictionary (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None,
-                  section: str | None = None) -> TrainConfig:
-        """Build from a mapping, checking keys and value types.
-
-        Arguments:
-            data: ``{field: value}``; missing fields keep their defaults.
-            path: the file the mapping came from (named in errors).
-            section: the section name, prefixed to keys in errors (e.g. ``"train"``).
-
-        Raises:
-            InputError: an unknown key or a value of the wrong type or range, naming the file
-                and the key.
-        """
-        p = None if path is None else Path(path)
-        prefix = f"{section}." if section else ""
-        if not isinstance(data, Mapping):
-            raise InputError(f"a {type(data).__name__}", path=p, key=section or "train",
-                             expected="a mapping of training settings")
-        hints = typing.get_type_hints(cls)
-        known = [f.name for f in dataclasses.fields(cls)]
-        values = {}
-        for key, value in data.items():
-            if key not in hints:
-                raise InputError("unknown setting", path=p, key=f"{prefix}{key}",
-                                 expected="one of " + ", ".join(known))
-            values[key] = check_setting(value, hints[key], f"{prefix}{key}", p)
-        try:
-            return cls(**values)
-        except InputError as exc:
-            raise InputError(exc.what, path=p, key=f"{prefix}{exc.key}",
-                             expected=exc.expected) from None
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], section: str | None = "train") -> TrainConfig:
-        """Read the ``section`` of a YAML file (the whole file when ``section`` is None)."""
-        data = load_yaml(path)
-        if section is not None:
-            data = data.get(section) or {}
-        return cls.from_dict(data, path=path, section=section)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some settings changed (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def with_overrides(self, *, out_dir: str | os.PathLike[str] | None = None,
-                       max_steps: int | None = None, device: str | None = None) -> TrainConfig:
-        """A copy with the command line's ``--out``, ``--max-steps`` and ``--device`` applied
-        (None leaves a setting as configured)."""
-        changes: dict[str, Any] = {}
-        if out_dir is not None:
-            changes["out_dir"] = str(out_dir)
-        if max_steps is not None:
-            changes["max_steps"] = int(max_steps)
-        if device is not None:
-            changes["device"] = device
-        return self.replace(**changes) if changes else self
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A whole YAML run config: ``model:`` (family + config overrides), ``train:`` and ``data:``.
-
-    Attributes:
-        family: the model family (registry name).
-        model: config overrides of the family (the keys of its config dataclass).
-        train: the training settings.
-        data: data settings (e.g. ``target_key``, ``target_scale``, ``val_fraction``).
-        path: the file it was read from, if any.
-    """
-
-    family: str
-    model: dict[str, Any]
-    train: TrainConfig
-    data: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
-
-
-_RUN_SECTIONS = ("model", "train", "data")
-
-
-def load_run_config(source: str | os.PathLike[str] | Mapping[str, Any],
-                    data_keys: tuple[str, ...] | None = None) -> RunConfig:
-    """Read and check a run config from a YAML file or a mapping of the same layout.
-
-    Arguments:
-        source: YAML path or dict ``{"model": {"family": ..., **overrides}, "train": {...},
-            "data": {...}}``.
-        data_keys: the allowed keys of the ``data:`` section (None: any).
-
-    Raises:
-        InputError: unknown sections or keys, a missing family, wrong value types, naming the
-            file and the key.
-    """
-    path = None
-    if isinstance(source, Mapping):
-        raw = dict(source)
-    else:
-        path = Path(source)
-        raw = load_yaml(path)
-    for key in raw:
-        if key not in _RUN_SECTIONS:
-            raise InputError("unknown section", path=path, key=str(key),
-                             expected="one of " + ", ".join(_RUN_SECTIONS))
-    model = raw.get("model") or {}
-    if not isinstance(model, Mapping):
-        raise InputError(f"a {type(model).__name__}", path=path, key="model",
-                         expected="a mapping with 'family' and config overrides")
-    model = dict(model)
-    family = model.pop("family", None)
-    if not isinstance(family, str) or not family:
-        raise InputError("no model family", path=path, key="model.family",
-                         expected="a registered family name, e.g. particle-cnn-transformer")
-    train = TrainConfig.from_dict(raw.get("train") or {}, path=path, section="train")
-    data = raw.get("data") or {}
-    if not isinstance(data, Mapping):
-        raise InputError(f"a {type(data).__name__}", path=path, key="data",
-                         expected="a mapping of data settings")
-    if data_keys is not None:
-        for key in data:
-            if key not in data_keys:
-                raise InputError("unknown setting", path=path, key=f"data.{key}",
-                                 expected="one of " + ", ".join(data_keys))
-    return RunConfig(family=family, model=model, train=train, data=dict(data),
-                     path=None if path is None else str(path))
 
 
 # ---------------------------------------------------------------------------- run folders
@@ -405,64 +113,6 @@ def check_run_folder(out_dir: str | os.PathLike[str],
     return None
 
 
-def check_device(device: str | None, key: str = "--device",
-                 path: str | os.PathLike[str] | None = None) -> None:
-    """Raise :class:`InputError` naming ``key`` (the option, or ``train.device`` of the config
-    file ``path``) unless ``device`` names a device of this machine (see
-    :func:`~showerformer.training.distributed.resolve_device`)."""
-    from showerformer.training.distributed import resolve_device
-
-    try:
-        resolve_device(device)
-    except InputError as exc:
-        raise InputError(exc.what, path=path, key=key, expected=exc.expected) from None
-
-
-def check_val_fraction(val_fraction: float | None, *, path: str | os.PathLike[str] | None = None,
-                       key: str = "--val-fraction") -> None:
-    """Raise :class:`InputError` unless ``val_fraction`` is None or in [0, 1) (0: no
-    validation); errors name ``key`` (the option, or ``data.val_fraction`` of ``path``)."""
-    if val_fraction is None:
-        return
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float)
-            or not 0.0 <= float(val_fraction) < 1.0):
-        raise InputError(f"{val_fraction!r}", path=path, key=key,
-                         expected="a fraction in [0, 1): the held-out share of the data "
-                                  "(0: no validation)")
-
-
-def check_count(value: Any, key: str, expected: str, *, minimum: int = 1,
-                path: str | os.PathLike[str] | None = None) -> int:
-    """``value`` as an ``int`` when it is a whole number (Python or NumPy integer, not a bool)
-    of at least ``minimum``.
-
-    Raises:
-        InputError: naming ``key`` (an option such as ``--n``, or a config key of ``path``)
-            and saying what was ``expected``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(f"{value!r}", path=path, key=key, expected=expected)
-    return int(value)
-
-
-def check_max_steps(max_steps: int | None) -> None:
-    """Raise :class:`InputError` naming ``--max-steps`` unless None or a positive integer."""
-    if max_steps is not None:
-        check_count(max_steps, "--max-steps", "a positive number of optimizer steps")
-
-
-def check_enough_samples(n: int, config: TrainConfig, data: str | os.PathLike[str] | None,
-                         config_path: str | os.PathLike[str] | None = None) -> None:
-    """Raise :class:`InputError` naming the data file when ``n`` training samples do not fill
-    one batch: the trainer drops incomplete batches, so not a single step could run."""
-    if n < config.batch_size:
-        where = f" of {config_path}" if config_path else ""
-        raise InputError(f"{n} training samples, fewer than train.batch_size="
-                         f"{config.batch_size}{where}", path=data, key="showers",
-                         expected="at least one full batch (more data, a smaller validation "
-                                  "share or a smaller train.batch_size)")
-
-
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -498,6 +148,16 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     nb = device.type == "cuda"
     return {k: v.to(device, non_blocking=nb) if isinstance(v, Tensor) else v
             for k, v in batch.items()}
+
+
+def _metric(metrics: Any, key: str, owner: str) -> Tensor:
+    """``metrics[key]`` of a ``training_step`` as a detached 0-d tensor."""
+    if not isinstance(metrics, Mapping) or key not in metrics:
+        raise TypeError(f"{owner}.training_step() must return a dict with {key!r}")
+    value = metrics[key]
+    if isinstance(value, Tensor):
+        return value.detach().reshape(()).double()
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
@@ -543,79 +203,76 @@ class _Chunks(torch.utils.data.Sampler[list[int]]):
             yield self.indices[a:a + self.size].tolist()
 
 
-class _RunLog:
-    """``log.csv`` (always) and TensorBoard (when importable) of the main process."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool,
-                 say: Callable[[str], None]) -> None:
-        self.path = out_dir / "log.csv"
-        self.enabled = enabled
-        self.rows_written = 0
-        self.history: list[dict[str, Any]] = []
-        self._tb: Any = None
-        self._tb_wanted = tensorboard and enabled
-        self._tb_dir = out_dir / "tensorboard"
-        self._say = say
+class Optimizers(Sequence[torch.optim.Optimizer]):
+    """The optimizers of a run, handed to a family's ``training_step``.
 
-    def read(self, keep_rows: int | None) -> list[list[str]]:
-        """The first ``keep_rows`` rows of an existing log (those a resumed run keeps: the
-        rows written before its checkpoint); nothing for a fresh run.
+    Index them by position or by name (``optimizers["critic"]``). :meth:`step` performs one
+    update of one optimizer the way the default step does (zero the gradients, backward,
+    average the gradients over the processes under torchrun, clip, step) and returns the
+    gradient norm before clipping.
 
-        Raises:
-            InputError: an existing log that cannot be read as CSV text.
-        """
-        if not (self.enabled and keep_rows and self.path.is_file()):
-            return []
-        try:
-            with open(self.path, newline="") as fh:
-                rows = list(csv.reader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise InputError(f"cannot read the run log ({type(exc).__name__})", path=self.path,
-                             expected="the CSV log written by the trainer") from None
-        if rows and rows[0] != list(LOG_COLUMNS):
-            raise InputError(f"header {','.join(rows[0])[:80]!r}", path=self.path,
-                             key="header", expected=",".join(LOG_COLUMNS))
-        return rows[1:keep_rows + 1]
+    Arguments:
+        optimizers: the optimizers, in the order of ``configure_optimizers``.
+        names: one name each (default ``"0"``, ``"1"``, ...).
+        grad_clip: clip each optimizer's gradient norm to this (None: no clipping).
+        env: the process group (gradients are averaged over it when it has several ranks).
+        device_type: the autocast device type; backward runs outside autocast.
+    """
 
-    def start(self, rows: list[list[str]]) -> None:
-        """Write the log afresh with ``rows`` (from :meth:`read`) under the header."""
-        if not self.enabled:
-            return
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(LOG_COLUMNS)
-            w.writerows(rows)
-        self.rows_written = len(rows)
-        if self._tb_wanted:
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer],
+                 names: Sequence[str] | None = None, *, grad_clip: float | None = None,
+                 env: DistEnv | None = None, device_type: str = "cpu") -> None:
+        self._optimizers = list(optimizers)
+        self.names = [str(n) for n in (names or range(len(self._optimizers)))]
+        if len(self.names) != len(self._optimizers) or len(set(self.names)) != len(self.names):
+            raise ValueError("one distinct name per optimizer expected")
+        self.grad_clip = grad_clip
+        self.env = env or DistEnv()
+        self.device_type = device_type
+        self.grad_norms: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._optimizers)
+
+    def __getitem__(self, which: int | str) -> torch.optim.Optimizer:  # type: ignore[override]
+        return self._optimizers[self.index(which)]
+
+    def index(self, which: int | str) -> int:
+        """Position of an optimizer given by position or name."""
+        if isinstance(which, str):
             try:
-                import warnings
+                return self.names.index(which)
+            except ValueError:
+                raise KeyError(f"no optimizer named {which!r} (have {self.names})") from None
+        return int(which)
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(log_dir=str(self._tb_dir))
-            except ImportError:
-                self._say("TensorBoard is not installed: logging to log.csv only")
+    @staticmethod
+    def trainable(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        """The parameters of ``optimizer`` that require gradients."""
+        return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
 
-    def row(self, values: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.history.append(dict(values))
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow(["" if values.get(c) is None else values[c]
-                                     for c in LOG_COLUMNS])
-        self.rows_written += 1
-        if self._tb is not None:
-            step = int(values["step"])
-            for key in ("loss", "lr", "grad_norm", "samples_per_s", "val_loss"):
-                if values.get(key) is not None:
-                    tag = ("val/" if key == "val_loss" else "train/") + key
-                    self._tb.add_scalar(tag, float(values[key]), step)
+    def step(self, loss: Tensor, which: int | str = 0, *, retain_graph: bool = False) -> Tensor:
+        """One update of optimizer ``which`` from ``loss``; returns the gradient norm.
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        Gradients left on the parameters by an earlier backward (e.g. the generator's
+        parameters after the critic's loss) are cleared first, so each update sees only its
+        own loss.
+        """
+        i = self.index(which)
+        opt = self._optimizers[i]
+        params = self.trainable(opt)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device_type, enabled=False):
+            loss.backward(retain_graph=retain_graph)
+        if self.env.world_size > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.copy_(all_reduce_sum(p.grad, self.env) / self.env.world_size)
+        gnorm = clip_grad_norm(params, self.grad_clip)
+        opt.step()
+        self.grad_norms[self.names[i]] = gnorm.detach()
+        return gnorm
 
 
 @dataclass
@@ -649,10 +306,23 @@ class TrainResult:
 
 
 class Trainer:
-    """Train any model with a ``loss(batch) -> Tensor`` method.
+    """Train any model family (see :mod:`showerformer.models.family`).
+
+    The default step is ``loss(batch) -> backward -> clip -> step`` with one AdamW over the
+    trainable parameters. A family may instead supply ``configure_optimizers(train_config)``
+    (optimizers, or a mapping name -> optimizer) and ``training_step(batch, step, optimizers)
+    -> dict[str, float | Tensor]`` (it must report ``"loss"``; further keys are logged when the
+    family lists them in ``log_metrics``); the step runs under the configured autocast and
+    updates through :meth:`Optimizers.step`. Every optimizer follows the warmup + cosine
+    schedule, scaled to the learning rate of each of its groups. A family with
+    ``validation_metric(batches) -> float`` (lower is better) picks the best checkpoint and
+    early stopping by it instead of the mean validation loss. Parameters with
+    ``requires_grad=False`` (a frozen sub-model) are left out of the default optimizer and of
+    gradient clipping, and still saved in every checkpoint.
 
     Arguments:
-        model: the network; its ``loss`` gets a dict of tensors (already on the device).
+        model: the network; its ``loss`` / ``training_step`` gets a dict of tensors (already on
+            the device).
         train_dataset: a map-style dataset of dict items.
         val_dataset: validation data (None: no validation, no early stopping).
         config: the training settings.
@@ -660,18 +330,19 @@ class Trainer:
             ``collate_fn`` attribute if any, else torch's ``default_collate``).
         val_collate_fn: the same for the validation data (default: as for training).
         progress: show a rich progress bar (main process only).
-        metadata: JSON-ready data stored in every checkpoint, e.g. ``{"preprocessing": ...}``.
+        metadata: JSON-ready data stored in every checkpoint (e.g. where the data came from).
         verbose: print notes (resume, TensorBoard missing, early stop); default ``progress``.
         batch_sampler: factory of the training batch sampler with the signature of
             :class:`~showerformer.training.data.EpochBatchSampler` (``n, batch_size, *, seed,
             epoch, start, rank, world_size``); e.g. a ``functools.partial`` of
-            :class:`~showerformer.training.point_data.BucketBatchSampler`. Its order must
+            :class:`~showerformer.data.batching.BucketBatchSampler`. Its order must
             depend only on ``(seed, epoch)`` for exact resumption.
         run_config: JSON-ready resolved run config, written to ``run_config.json`` in the run
             folder once :meth:`fit` has checked the folder (None: no such file).
 
     Raises:
         InputError: fewer training samples than one batch.
+        TypeError: a model with neither ``loss`` nor ``training_step``.
     """
 
     def __init__(self, model: nn.Module, train_dataset: Dataset, val_dataset: Dataset | None,
@@ -680,8 +351,10 @@ class Trainer:
                  metadata: Mapping[str, Any] | None = None, verbose: bool | None = None,
                  batch_sampler: Callable[..., Any] | None = None,
                  run_config: Mapping[str, Any] | None = None) -> None:
-        if not callable(getattr(model, "loss", None)):
-            raise TypeError(f"{type(model).__name__} has no loss(batch) method")
+        self.custom_step = callable(getattr(model, "training_step", None))
+        if not (self.custom_step or callable(getattr(model, "loss", None))):
+            raise TypeError(f"{type(model).__name__} has neither loss(batch) nor "
+                            "training_step(batch, step, optimizers)")
         self.run_config = None if run_config is None else dict(run_config)
         self.model = model
         self.train_dataset = train_dataset
@@ -710,13 +383,57 @@ class Trainer:
         self._reset_state()
         self.env = DistEnv()
         self.device = torch.device("cpu")
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizers: Optimizers | None = None
         self.ema: EMA | None = None
         self.schedule = WarmupCosine(config.lr, config.warmup_steps, self.total_steps,
                                      config.min_lr_ratio)
         self._last_saved: Path | None = None
         self._last_saved_step = -1
-        self._log: _RunLog | None = None
+        self._log: RunLog | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The first (for most families the only) optimizer; None before :meth:`fit`."""
+        return None if self.optimizers is None else self.optimizers[0]
+
+    def _build_optimizers(self) -> Optimizers:
+        """The family's ``configure_optimizers`` (or one AdamW over the trainable parameters),
+        each group remembering its peak learning rate as ``base_lr`` for the schedule."""
+        cfg, model = self.config, self.model
+        configure = getattr(model, "configure_optimizers", None)
+        if callable(configure):
+            made = configure(cfg)
+            if isinstance(made, torch.optim.Optimizer):
+                made = [made]
+            if isinstance(made, Mapping):
+                names, opts = [str(k) for k in made], list(made.values())
+            else:
+                opts = list(made)
+                names = [str(i) for i in range(len(opts))]
+            if not opts or not all(isinstance(o, torch.optim.Optimizer) for o in opts):
+                raise TypeError(f"{type(model).__name__}.configure_optimizers() must return "
+                                "optimizers (a list or a name -> optimizer mapping)")
+        else:
+            opts = [build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)]
+            names = ["0"]
+        for opt in opts:
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+        return Optimizers(opts, names, grad_clip=cfg.grad_clip, env=self.env,
+                          device_type=self.device.type)
+
+    def _apply_schedule(self, step: int) -> float:
+        """Set every group's learning rate for update ``step``: ``base_lr`` times the warmup +
+        cosine factor; returns the first group's."""
+        assert self.optimizers is not None
+        cfg = self.config
+        factor = warmup_cosine(step, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
+        first = None
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group.get("base_lr", cfg.lr) * factor
+                first = group["lr"] if first is None else first
+        return float(first if first is not None else cfg.lr * factor)
 
     def _reset_state(self) -> None:
         """The loop position and validation bookkeeping of a fresh run."""
@@ -745,7 +462,8 @@ class Trainer:
             "family": getattr(model, "family", None),
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
-            "preprocessing": self.metadata.get("preprocessing"),
+            "preprocessing": (model.data_state() if callable(getattr(model, "data_state", None))
+                              else self.metadata.get("preprocessing")),
             "train_config": self.config.to_dict(),
             "metadata": {k: v for k, v in self.metadata.items() if k != "preprocessing"},
             "state": {
@@ -763,6 +481,8 @@ class Trainer:
                 "world_size": self.env.world_size,
             },
         }
+        if self.optimizers is not None and len(self.optimizers) > 1:
+            info["optimizer_names"] = list(self.optimizers.names)
         return info
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -777,7 +497,7 @@ class Trainer:
             info = self._info()
             info["rng"] = rng
             path = ckpt.save_checkpoint(self.checkpoint_root, self.step, model=self.model,
-                                        info=info, optimizer=self.optimizer, ema=self.ema,
+                                        info=info, optimizer=self.optimizers, ema=self.ema,
                                         keep=self.config.keep_checkpoints, best=best)
             self._last_saved = path
         self._last_saved_step = self.step
@@ -794,9 +514,9 @@ class Trainer:
             folder = found
         else:
             folder = ckpt.resolve_checkpoint(resume)
-        assert self.optimizer is not None
+        assert self.optimizers is not None
         self._check_resumable(ckpt.read_checkpoint_info(folder), folder / ckpt.CHECKPOINT_JSON)
-        info = ckpt.load_training_state(folder, self.model, self.optimizer, self.ema,
+        info = ckpt.load_training_state(folder, self.model, list(self.optimizers), self.ema,
                                         self.device)
         state = info["state"]
         self.step = int(state["step"])
@@ -868,7 +588,14 @@ class Trainer:
                              expected=f"at most {self.batches_per_epoch} batches per epoch")
         folder = jpath.parent
         files = info.get("files") or {}
-        wanted = [("model", ckpt.MODEL_FILE), ("optimizer", None)]
+        names = list(self.optimizers.names) if self.optimizers is not None else ["0"]
+        saved_names = info.get("optimizer_names") or ["0"]
+        if len(saved_names) != len(names):
+            raise InputError(f"{len(saved_names)} optimizer(s) in the checkpoint, {len(names)} "
+                             "now", path=jpath, key="optimizer_names",
+                             expected="the optimizers of the run being resumed")
+        wanted = [("model", ckpt.MODEL_FILE)] + [(ckpt.optimizer_key(i), None)
+                                                 for i in range(len(names))]
         if self.ema is not None:
             wanted.append(("ema", None))
         for key, default in wanted:
@@ -886,14 +613,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean validation loss over all validation samples (EMA weights when enabled).
+        """The validation score (EMA weights when enabled; lower is better).
 
-        Every sample counts once: each process takes an interleaved share of the validation
-        set and the per-sample sums are added over the processes.
+        The family's ``validation_metric(batches)`` when it has one, computed by the main
+        process over the whole validation set and shared with the others; otherwise the mean
+        validation loss, where every sample counts once: each process takes an interleaved share
+        of the validation set and the per-sample sums are added over the processes. None when
+        there is no validation data, or the family has neither a metric nor a ``loss``.
         """
         if self.val_dataset is None or len(self.val_dataset) == 0:  # type: ignore[arg-type]
             return None
         net = self.ema.module if self.ema is not None else self.model
+        if callable(getattr(net, "validation_metric", None)):
+            return self._validation_metric(net)
+        if not callable(getattr(net, "loss", None)):
+            return None
         was_training = net.training
         net.eval()
         n = len(self.val_dataset)  # type: ignore[arg-type]
@@ -921,6 +655,30 @@ class Trainer:
         value = float((total / count.clamp_min(1)).item())
         if not math.isfinite(value):
             raise TrainingError(f"non-finite validation loss at step {self.step}")
+        return value
+
+    def _validation_metric(self, net: nn.Module) -> float:
+        """``net.validation_metric`` over all validation batches, on the main process."""
+        value = torch.zeros((), dtype=torch.float64, device=self.device)
+        if self.env.is_main:
+            n = len(self.val_dataset)  # type: ignore[arg-type]
+            size = self.config.val_batch_size or self.config.batch_size
+            loader = DataLoader(self.val_dataset,  # type: ignore[arg-type]
+                                batch_sampler=_Chunks(np.arange(n, dtype=np.int64), size),
+                                collate_fn=self.val_collate_fn, generator=torch.Generator())
+            dt = autocast_dtype(self.config.precision, self.device)
+            was_training = net.training
+            net.eval()
+            try:
+                with torch.no_grad(), self._autocast(dt):
+                    got = net.validation_metric(  # type: ignore[operator]
+                        _to_device(b, self.device) for b in loader)
+            finally:
+                net.train(was_training)
+            value += float(got)
+        value = float(all_reduce_sum(value, self.env).item())
+        if not math.isfinite(value):
+            raise TrainingError(f"non-finite validation metric at step {self.step}")
         return value
 
     def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
@@ -1004,14 +762,14 @@ class Trainer:
         self.device = env.device
         model = self.model.to(self.device)
         seed_everything(cfg.seed + env.rank)
-        self.optimizer = optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay,
-                                                     tuple(cfg.betas), cfg.eps)
+        self.optimizers = self._build_optimizers()
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         # everything that can refuse the run is checked before the first write
         check_run_folder(self.out_dir, resume, overwrite=overwrite)
         barrier(env)
         info = self._resume(resume) if resume else None
-        self._log = log = _RunLog(self.out_dir, env.is_main, cfg.tensorboard, self._say)
+        self._log = log = RunLog(self.out_dir, env.is_main, cfg.tensorboard, self._say,
+                                 extra_columns=tuple(getattr(model, "log_metrics", ())))
         kept = log.read(int(info["state"].get("log_rows", 0)) if info else None)
         if env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -1033,9 +791,11 @@ class Trainer:
                 self._say(f"checkpoint written by {len(states)} processes, resumed by "
                           f"{env.world_size}: random states restarted from rank 0's")
                 ckpt.restore_rng_state(states[0])
-        net = wrap_ddp(_LossModule(model), env)
+        # the default step runs through DDP's wrapper; a family's own step averages its
+        # gradients in Optimizers.step
+        net = None if self.custom_step else wrap_ddp(_LossModule(model), env)
         try:
-            stopped_early, interrupted = self._loop(net, optimizer, log, stop_at_step)
+            stopped_early, interrupted = self._loop(net, log, stop_at_step)
             if self._last_saved_step != self.step:
                 self.save_checkpoint()
         finally:
@@ -1065,9 +825,13 @@ class Trainer:
                         TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
                         console=Console(stderr=True))
 
-    def _loop(self, net: nn.Module, optimizer: torch.optim.Optimizer, log: _RunLog,
+    def _loop(self, net: nn.Module | None, log: RunLog,
               stop_at_step: int | None) -> tuple[bool, bool]:
         cfg, env, model = self.config, self.env, self.model
+        assert self.optimizers is not None
+        optimizer = self.optimizers[0]
+        extra = tuple(getattr(model, "log_metrics", ()))
+        win_extra = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in extra}
         n = len(self.train_dataset)  # type: ignore[arg-type]
         dt = autocast_dtype(cfg.precision, self.device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -1076,6 +840,7 @@ class Trainer:
         win_steps = win_samples = 0
         win_time = 0.0
         lr = self.schedule(self.step)
+        optimizers = self.optimizers
         interrupted = False
         stopped_early = self._should_stop_early()  # a resumed run that had already stopped
         bar = self._progress_bar()
@@ -1097,14 +862,26 @@ class Trainer:
                 model.train()
                 t0 = time.perf_counter()  # a step's time includes fetching its batch
                 for batch in loader:
-                    lr = self.schedule.apply(optimizer, self.step)
+                    lr = self._apply_schedule(self.step)
                     batch = _to_device(batch, self.device)
-                    with self._autocast(dt):
-                        loss = net(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    gnorm = clip_grad_norm(params, cfg.grad_clip)
-                    optimizer.step()
+                    if net is None:  # the family's own step
+                        optimizers.grad_norms.clear()
+                        with self._autocast(dt):
+                            metrics = model.training_step(batch, self.step, optimizers)  # type: ignore[operator]
+                        loss = _metric(metrics, "loss", type(model).__name__)
+                        gnorm = (torch.stack([g.float().cpu() for g in
+                                              optimizers.grad_norms.values()]).norm()
+                                 if optimizers.grad_norms else torch.zeros(()))
+                        for k in extra:
+                            win_extra[k] += _metric(metrics, k, type(model).__name__).to(
+                                win_extra[k].device, torch.float64)
+                    else:
+                        with self._autocast(dt):
+                            loss = net(batch)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        gnorm = clip_grad_norm(params, cfg.grad_clip)
+                        optimizer.step()
                     if self.ema is not None:
                         self.ema.update(model)
                     self.step += 1
@@ -1126,7 +903,7 @@ class Trainer:
                     interrupted = stop_at_step is not None and self.step >= stop_at_step and not last
                     if self.step % cfg.log_every == 0 or val_due or last or interrupted:
                         row = self._train_row(win_loss, win_gnorm, win_steps, win_samples,
-                                              win_time, lr)
+                                              win_time, lr, win_extra)
                         log.row(row)
                         if bar is not None:
                             bar.update(task, completed=self.step, info=(
@@ -1134,6 +911,8 @@ class Trainer:
                                 f"{row['samples_per_s']:.0f} samples/s"))
                         win_loss.zero_()
                         win_gnorm.zero_()
+                        for v in win_extra.values():
+                            v.zero_()
                         win_steps = win_samples = 0
                         win_time = 0.0
                     elif bar is not None:
@@ -1171,18 +950,24 @@ class Trainer:
         return stopped_early, interrupted
 
     def _train_row(self, win_loss: Tensor, win_gnorm: Tensor, steps: int, samples: int,
-                   seconds: float, lr: float) -> dict[str, Any]:
-        both = all_reduce_sum(torch.stack([win_loss, win_gnorm]), self.env)
-        loss = float(both[0].item()) / (steps * self.env.world_size)
-        gnorm = float(both[1].item()) / (steps * self.env.world_size)
+                   seconds: float, lr: float,
+                   win_extra: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+        extra = dict(win_extra or {})
+        both = all_reduce_sum(torch.stack([win_loss, win_gnorm, *extra.values()]), self.env)
+        scale = steps * self.env.world_size
+        loss = float(both[0].item()) / scale
+        gnorm = float(both[1].item()) / scale
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite training loss at step {self.step} (epoch "
                                 f"{self.epoch}); lower lr or enable grad_clip")
-        return {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
-                "grad_norm": gnorm, "samples_per_s": samples / max(seconds, 1e-9),
-                "val_loss": None, "best_val_loss": self.best_val_loss}
+        row = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
+               "grad_norm": gnorm, "samples_per_s": samples / max(seconds, 1e-9),
+               "val_loss": None, "best_val_loss": self.best_val_loss}
+        for i, key in enumerate(extra):
+            row[key] = float(both[2 + i].item()) / scale
+        return row
 
-    def _validate_and_log(self, log: _RunLog) -> bool:
+    def _validate_and_log(self, log: RunLog) -> bool:
         value = self.validate()
         if value is None:
             return False
