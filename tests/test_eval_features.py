@@ -57,6 +57,15 @@ def test_default_thresholds():
     assert default_threshold("sandwich32") == 0.0
 
 
+def test_default_threshold_is_the_geometry_s_readout_threshold():
+    from showerformer.geometry import CartesianGeometry
+
+    geo = CartesianGeometry((2, 2, 2), (1.0, 1.0, 1.0), name="ds2", readout_threshold_mev=0.2)
+    assert default_threshold(geo) == 0.2  # the geometry's own, whatever its name
+    assert FeatureAccumulator(geo).threshold == 0.2
+    assert default_threshold(get_geometry("ds2")) == DS23_THRESHOLD
+
+
 def test_single_cell_ds2():
     geo = get_geometry("ds2")
     c = _cell(geo, 3, 5, 2)  # layer 3, alpha bin 5 of 16, r bin 2 (9.3-13.95 mm)

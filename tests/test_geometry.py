@@ -183,3 +183,69 @@ def test_dequantize_names_the_key():
     with pytest.raises(InputError, match="cell index out of range") as err:
         get_geometry("ds2").dequantize(np.array([0, 6480]))
     assert err.value.key == "cell"
+
+
+# ---------------------------------------------------------------------------- readout thresholds
+# the table of the evaluation before the presets carried their thresholds (MeV)
+OLD_THRESHOLDS = {"ds1-photons": 1.0, "ds1-pions": 1.0, "ds2": 0.5e-3 / 0.033,
+                  "ds3": 0.5e-3 / 0.033}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_carry_their_readout_threshold(name):
+    from showerformer.evaluation.features import DEFAULT_THRESHOLDS, default_threshold
+
+    geo = get_geometry(name)
+    assert geo.readout_threshold_mev == OLD_THRESHOLDS.get(name, 0.0)
+    assert default_threshold(geo) == default_threshold(name) == OLD_THRESHOLDS.get(name, 0.0)
+    assert DEFAULT_THRESHOLDS == OLD_THRESHOLDS
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_readout_threshold_survives_to_dict_round_trip(name):
+    geo = get_geometry(name)
+    d = geo.to_dict()
+    assert d["readout_threshold_mev"] == geo.readout_threshold_mev
+    again = Geometry.from_dict(d)
+    assert type(again) is type(geo)
+    assert again.readout_threshold_mev == geo.readout_threshold_mev
+    assert again == geo
+
+
+def test_custom_readout_thresholds_round_trip_and_only_change_equality():
+    from showerformer.ild import ILDGeometry
+
+    for plain, thr in [
+        (CartesianGeometry((4, 5, 6), (1.0, 2.0, 3.0), name="grid"),
+         CartesianGeometry((4, 5, 6), (1.0, 2.0, 3.0), name="grid", readout_threshold_mev=0.25)),
+        (CylindricalGeometry.uniform(3, 2, [0, 1, 2], 1.5, "cyl"),
+         CylindricalGeometry.uniform(3, 2, [0, 1, 2], 1.5, "cyl", readout_threshold_mev=0.5)),
+        (ILDGeometry(), ILDGeometry(readout_threshold_mev=0.1)),
+    ]:
+        assert plain.readout_threshold_mev == 0.0
+        again = Geometry.from_dict(thr.to_dict())
+        assert again.readout_threshold_mev == thr.readout_threshold_mev
+        assert again == thr and plain != thr
+        assert plain.same_cells(thr)  # the cells do not depend on the readout
+
+
+def test_dicts_without_a_threshold_get_their_preset_s():
+    """Geometry dicts stored before geometries carried a threshold (checkpoints, files)."""
+    for name in PRESETS:
+        d = get_geometry(name).to_dict()
+        del d["readout_threshold_mev"]
+        assert Geometry.from_dict(d).readout_threshold_mev == OLD_THRESHOLDS.get(name, 0.0)
+    old = {"kind": "cartesian", "shape": [4, 4, 4], "cell_size": [1.0, 1.0, 1.0]}
+    assert Geometry.from_dict(old).readout_threshold_mev == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "x"])
+def test_bad_readout_threshold_names_the_key(bad):
+    with pytest.raises(InputError, match="readout threshold") as err:
+        CartesianGeometry((2, 2, 2), (1.0, 1.0, 1.0), readout_threshold_mev=bad)
+    assert err.value.key == "readout_threshold_mev"
+    d = get_geometry("ds2").to_dict()
+    d["readout_threshold_mev"] = bad
+    with pytest.raises(InputError) as err:
+        Geometry.from_dict(d)
+    assert err.value.key == "readout_threshold_mev"

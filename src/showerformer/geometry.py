@@ -4,7 +4,14 @@ Every geometry flattens its cells into one axis of ``n_cells`` in a fixed order 
 centres, volumes, a vectorized map from continuous hit positions to cells and the inverse
 (uniform dequantization inside a cell). Coordinates are local to the shower: ``z`` is the depth
 along the incident axis, measured from the calorimeter's front face, ``x`` and ``y`` are
-transverse; all lengths in mm.
+transverse; all lengths in mm. Every geometry also carries the readout threshold of its
+detector (``readout_threshold_mev``); the presets set the CaloChallenge ones.
+
+This module is where all geometries meet: the base class lives in
+:mod:`showerformer.geometry_base` (re-exported here), the ILD geometry in
+:mod:`showerformer.ild`, which depends on the base only; this module imports both and names
+every preset, ``"ild-ecal"`` included, so importing it is all :func:`get_geometry`,
+:data:`PRESETS` and :meth:`Geometry.from_dict` need, and no import cycle exists.
 
 References:
     CaloChallenge 2022 datasets and binning files, https://calochallenge.github.io/homepage/
@@ -16,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +31,14 @@ from typing import Any
 import numpy as np
 
 from showerformer.errors import InputError
+from showerformer.geometry_base import Geometry, check_readout_threshold, register_kind
+from showerformer.ild import ILDGeometry
 
 __all__ = [
+    "DS1_THRESHOLD",
+    "DS23_THRESHOLD",
     "PRESETS",
+    "READOUT_THRESHOLDS",
     "CartesianGeometry",
     "CylindricalGeometry",
     "CylindricalLayer",
@@ -35,180 +46,6 @@ __all__ = [
     "geometry_for_cells",
     "get_geometry",
 ]
-
-_CHUNK = 1 << 20  # hits per chunk in locate(), bounds temporary memory
-_FAR = 1e12  # mm; transverse positions beyond this are outside every geometry
-
-
-class Geometry(ABC):
-    """A segmentation of a calorimeter into ``n_cells`` cells grouped in ``n_layers`` layers.
-
-    Cells are ordered layer by layer: the cells of layer ``l`` are
-    ``layer_offsets[l]:layer_offsets[l + 1]``. Layer ``l`` spans depth ``z_edges[l]..z_edges[l+1]``.
-    """
-
-    name: str
-    z_edges: np.ndarray  # (n_layers + 1,) mm
-    layer_offsets: np.ndarray  # (n_layers + 1,) cell index of each layer's first cell
-    layer_of_cell: np.ndarray  # (n_cells,) int64
-
-    @property
-    def n_cells(self) -> int:
-        return int(self.layer_offsets[-1])
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layer_offsets) - 1
-
-    def cells_per_layer(self) -> np.ndarray:
-        """Number of cells in each layer, (n_layers,)."""
-        return np.diff(self.layer_offsets)
-
-    def layer_slice(self, layer: int) -> slice:
-        """The cell-index slice of one layer."""
-        return slice(int(self.layer_offsets[layer]), int(self.layer_offsets[layer + 1]))
-
-    def layer_of_z(self, z: np.ndarray) -> np.ndarray:
-        """Layer index of depths ``z`` (mm); -1 in front of or behind the calorimeter."""
-        z = np.asarray(z, dtype=np.float64)
-        layer = np.searchsorted(self.z_edges, z, side="right") - 1
-        layer[(layer < 0) | (layer >= self.n_layers)] = -1
-        return layer
-
-    @abstractmethod
-    def cell_centers(self) -> np.ndarray:
-        """Cell centres, (n_cells, 3) = x, y, z in mm."""
-
-    @abstractmethod
-    def cell_volumes(self) -> np.ndarray:
-        """Cell volumes, (n_cells,) in mm^3."""
-
-    @abstractmethod
-    def _locate_in_layer(self, x: np.ndarray, y: np.ndarray, layer: np.ndarray) -> np.ndarray:
-        """Cell index of transverse positions within known (valid) layers, -1 outside."""
-
-    @abstractmethod
-    def _sample_in_cells(self, cells: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Map uniform numbers ``u`` (n, 3) in (0, 1) to positions (n, 3) inside ``cells``."""
-
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable description, inverse of :func:`Geometry.from_dict`."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """A one-line human-readable description."""
-
-    def locate(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        z: np.ndarray | None = None,
-        *,
-        layer: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Map continuous hit positions to cell indices, vectorized.
-
-        Arguments:
-            x, y: transverse positions in mm, (n,).
-            z: depth in mm, (n,); used to find the layer when ``layer`` is not given.
-            layer: layer index of each hit, (n,); takes precedence over ``z``.
-
-        Returns:
-            (n,) int64 cell indices, -1 for hits outside the segmented volume.
-        """
-        x = np.asarray(x, dtype=np.float64).ravel()
-        y = np.asarray(y, dtype=np.float64).ravel()
-        if layer is None:
-            if z is None:
-                raise ValueError("locate() needs either z or layer")
-            layer = self.layer_of_z(np.asarray(z).ravel())
-        else:
-            layer = np.asarray(layer).ravel()
-            if layer.dtype.kind == "f":  # clip before the cast (NaN and huge values: outside)
-                layer = np.clip(np.nan_to_num(layer, nan=-1.0), -1, self.n_layers)
-            layer = layer.astype(np.int64)
-            layer = np.where((layer >= 0) & (layer < self.n_layers), layer, -1)
-        # NaN, inf and absurd positions are outside; keeping them away from the per-geometry
-        # code avoids casting huge floats to integer bin indices
-        sane = (np.abs(x) < _FAR) & (np.abs(y) < _FAR)
-        out = np.full(x.shape, -1, dtype=np.int64)
-        for start in range(0, len(x), _CHUNK):
-            sl = slice(start, start + _CHUNK)
-            lay = layer[sl]
-            ok = (lay >= 0) & sane[sl]
-            if ok.any():
-                sub = np.full(lay.shape, -1, dtype=np.int64)
-                sub[ok] = self._locate_in_layer(x[sl][ok], y[sl][ok], lay[ok])
-                out[sl] = sub
-        return out
-
-    def dequantize(
-        self, cells: np.ndarray, rng: np.random.Generator | int | None = None
-    ) -> np.ndarray:
-        """Positions drawn uniformly (in volume) inside the given cells, (n, 3) = x, y, z in mm.
-
-        The draws keep a margin of 1e-4 of the cell size from every face, so
-        ``locate(*dequantize(cells).T) == cells`` holds exactly, also after a cast to float32.
-        """
-        cells = np.asarray(cells, dtype=np.int64).ravel()
-        if cells.size and (cells.min() < 0 or cells.max() >= self.n_cells):
-            raise InputError(
-                f"cell index out of range [{cells.min()}, {cells.max()}]", key="cell",
-                expected=f"indices in [0, {self.n_cells}) of {self.name}",
-            )
-        rng = np.random.default_rng(rng)
-        u = rng.random((len(cells), 3))
-        u = 1e-4 + (1.0 - 2e-4) * u
-        return self._sample_in_cells(cells, u)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Geometry:
-        """Rebuild a geometry from :meth:`to_dict` output."""
-        kind = d.get("kind")
-        if kind == "cylindrical":
-            return CylindricalGeometry(
-                [CylindricalLayer(np.asarray(lay["r_edges"], float), int(lay["n_alpha"]))
-                 for lay in d["layers"]],
-                z_edges=np.asarray(d["z_edges"], float),
-                name=d.get("name", "cylindrical"),
-            )
-        if kind == "cartesian":
-            return CartesianGeometry(
-                tuple(d["shape"]), tuple(d["cell_size"]), name=d.get("name", "cartesian")
-            )
-        if kind == "ild":
-            from showerformer.ild import ILDGeometry
-
-            return ILDGeometry.from_dict(d)
-        raise InputError(f"unknown geometry kind {kind!r}", key="kind",
-                         expected="'cylindrical', 'cartesian' or 'ild'")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Geometry) and _dicts_equal(self.to_dict(), other.to_dict())
-
-    def same_cells(self, other: Geometry) -> bool:
-        """True when both geometries have the same cells (names may differ)."""
-        a, b = self.to_dict(), other.to_dict()
-        a.pop("name", None)
-        b.pop("name", None)
-        return _dicts_equal(a, b)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.n_cells, self.n_layers))
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.describe()}>"
-
-
-def _dicts_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_dicts_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_dicts_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float | int) and isinstance(b, float | int):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,6 +74,7 @@ class CylindricalLayer:
         return np.linspace(-math.pi, math.pi, self.n_alpha + 1)
 
 
+@register_kind("cylindrical")
 class CylindricalGeometry(Geometry):
     """Layers of concentric (r, alpha) bins around the shower axis, CaloChallenge style.
 
@@ -250,6 +88,7 @@ class CylindricalGeometry(Geometry):
         z_edges: layer boundaries in depth (mm), (n_layers + 1,). Defaults to unit-thickness
             layers (``layer_thickness`` mm each), as the XML files carry no depth.
         name: a label such as ``"ds2"``.
+        readout_threshold_mev: smallest cell energy the readout records, MeV (0: all).
     """
 
     def __init__(
@@ -259,9 +98,11 @@ class CylindricalGeometry(Geometry):
         z_edges: np.ndarray | None = None,
         layer_thickness: float = 1.0,
         name: str = "cylindrical",
+        readout_threshold_mev: float = 0.0,
     ) -> None:
         self.layers = list(layers)
         self.name = name
+        self.readout_threshold_mev = check_readout_threshold(readout_threshold_mev)
         n_layers = len(self.layers)
         if z_edges is None:
             z_edges = np.arange(n_layers + 1, dtype=np.float64) * layer_thickness
@@ -319,6 +160,8 @@ class CylindricalGeometry(Geometry):
         r_edges: Sequence[float] | np.ndarray,
         layer_thickness: float,
         name: str,
+        *,
+        readout_threshold_mev: float = 0.0,
     ) -> CylindricalGeometry:
         """The same (r, alpha) binning in every layer, layers of equal thickness."""
         r_edges = np.asarray(r_edges, dtype=np.float64)
@@ -326,14 +169,16 @@ class CylindricalGeometry(Geometry):
             [CylindricalLayer(r_edges, n_alpha) for _ in range(n_layers)],
             z_edges=np.arange(n_layers + 1) * layer_thickness,
             name=name,
+            readout_threshold_mev=readout_threshold_mev,
         )
 
     @classmethod
     def from_xml(cls, path: str | os.PathLike[str]) -> CylindricalGeometry:
         """Parse a CaloChallenge binning XML (``<Bins><Bin><Layer r_edges=... n_bin_alpha=...>``).
 
-        When the binning equals a preset's (ds1-photons, ds1-pions, ds2, ds3), the result takes
-        that preset's name and layer depths.
+        When the binning equals a preset's (ds1-photons, ds1-pions, ds2, ds3), the result is
+        that preset (its name, layer depths and readout threshold); other binnings read out
+        every deposit.
         """
         path = Path(path)
         try:
@@ -434,7 +279,19 @@ class CylindricalGeometry(Geometry):
             "layers": [{"r_edges": lay.r_edges.tolist(), "n_alpha": lay.n_alpha}
                        for lay in self.layers],
             "z_edges": self.z_edges.tolist(),
+            "readout_threshold_mev": self.readout_threshold_mev,
         }
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> CylindricalGeometry:
+        name = d.get("name", "cylindrical")
+        return cls(
+            [CylindricalLayer(np.asarray(lay["r_edges"], float), int(lay["n_alpha"]))
+             for lay in d["layers"]],
+            z_edges=np.asarray(d["z_edges"], float),
+            name=name,
+            readout_threshold_mev=_stored_threshold(d, name),
+        )
 
     def describe(self) -> str:
         shape = self.shape
@@ -445,6 +302,7 @@ class CylindricalGeometry(Geometry):
         return f"{self.name}: cylindrical, {grid}, {self.n_cells} cells"
 
 
+@register_kind("cartesian")
 class CartesianGeometry(Geometry):
     """A regular (x, y, z) grid, e.g. a 64^3 sampling-calorimeter sandwich; z is the layer axis.
 
@@ -454,6 +312,8 @@ class CartesianGeometry(Geometry):
     Arguments:
         shape: number of cells ``(nx, ny, nz)``.
         cell_size: cell size in mm ``(dx, dy, dz)``; dz is the layer pitch (absorber + active).
+        name: a label such as ``"sandwich64"``.
+        readout_threshold_mev: smallest cell energy the readout records, MeV (0: all).
     """
 
     def __init__(
@@ -462,6 +322,7 @@ class CartesianGeometry(Geometry):
         cell_size: tuple[float, float, float] = (10.0, 10.0, 26.5),
         *,
         name: str = "cartesian",
+        readout_threshold_mev: float = 0.0,
     ) -> None:
         if len(shape) != 3 or min(shape) < 1:
             raise InputError(f"grid shape {shape}", key="shape", expected="(nx, ny, nz) >= 1")
@@ -471,6 +332,7 @@ class CartesianGeometry(Geometry):
         self.nx, self.ny, self.nz = (int(s) for s in shape)
         self.dx, self.dy, self.dz = (float(s) for s in cell_size)
         self.name = name
+        self.readout_threshold_mev = check_readout_threshold(readout_threshold_mev)
         self.z_edges = np.arange(self.nz + 1, dtype=np.float64) * self.dz
         per_layer = self.nx * self.ny
         self.layer_offsets = np.arange(self.nz + 1, dtype=np.int64) * per_layer
@@ -510,7 +372,14 @@ class CartesianGeometry(Geometry):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "cartesian", "name": self.name, "shape": [self.nx, self.ny, self.nz],
-                "cell_size": [self.dx, self.dy, self.dz]}
+                "cell_size": [self.dx, self.dy, self.dz],
+                "readout_threshold_mev": self.readout_threshold_mev}
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> CartesianGeometry:
+        name = d.get("name", "cartesian")
+        return cls(tuple(d["shape"]), tuple(d["cell_size"]), name=name,
+                   readout_threshold_mev=_stored_threshold(d, name))
 
     def describe(self) -> str:
         return (f"{self.name}: cartesian {self.nx} x {self.ny} x {self.nz} cells of "
@@ -538,10 +407,32 @@ _DS1_PIONS = {
 }
 
 
+DS1_THRESHOLD = 1.0
+"""Readout threshold of dataset 1 in MeV (the CaloChallenge evaluation's)."""
+DS23_THRESHOLD = 0.5e-3 / 0.033
+"""Readout threshold of datasets 2 and 3 in MeV: 0.5 keV in silicon / sampling fraction 0.033."""
+READOUT_THRESHOLDS: dict[str, float] = {
+    "ds1-photons": DS1_THRESHOLD,
+    "ds1-pions": DS1_THRESHOLD,
+    "ds2": DS23_THRESHOLD,
+    "ds3": DS23_THRESHOLD,
+}
+"""Readout thresholds (MeV) of the presets that have one; the other presets record every
+deposit (0). The presets carry them as ``readout_threshold_mev``."""
+
+
+def _stored_threshold(d: dict[str, Any], name: Any) -> float:
+    """The threshold of a stored geometry; dicts written before geometries carried one get
+    the threshold of the preset of their name (0 for other names)."""
+    if "readout_threshold_mev" in d:
+        return check_readout_threshold(d["readout_threshold_mev"])
+    return READOUT_THRESHOLDS.get(str(name).lower(), 0.0)
+
+
 def _ds1(table: dict[int, tuple[list[float], int]], name: str) -> CylindricalGeometry:
     layers = [CylindricalLayer(np.asarray(table.get(i, ([0], 1))[0], dtype=np.float64),
                                table.get(i, ([0], 1))[1]) for i in range(24)]
-    return CylindricalGeometry(layers, name=name)
+    return CylindricalGeometry(layers, name=name, readout_threshold_mev=READOUT_THRESHOLDS[name])
 
 
 # Datasets 2 and 3 (and Par04): 45 voxel layers of 2 x (1.4 mm W + 0.3 mm Si) = 3.4 mm.
@@ -551,23 +442,20 @@ PRESETS: dict[str, Any] = {
     "ds1-photons": lambda: _ds1(_DS1_PHOTONS, "ds1-photons"),
     "ds1-pions": lambda: _ds1(_DS1_PIONS, "ds1-pions"),
     "ds2": lambda: CylindricalGeometry.uniform(
-        45, 16, np.round(np.arange(10) * 4.65, 6), _CC_LAYER_PITCH, "ds2"),
+        45, 16, np.round(np.arange(10) * 4.65, 6), _CC_LAYER_PITCH, "ds2",
+        readout_threshold_mev=READOUT_THRESHOLDS["ds2"]),
     "ds3": lambda: CylindricalGeometry.uniform(
-        45, 50, np.round(np.arange(19) * 2.325, 6), _CC_LAYER_PITCH, "ds3"),
+        45, 50, np.round(np.arange(19) * 2.325, 6), _CC_LAYER_PITCH, "ds3",
+        readout_threshold_mev=READOUT_THRESHOLDS["ds3"]),
     # Par04 images: 18 r x 50 phi x 45 z, stored here in the common (layer, alpha, r) order.
     "par04": lambda: CylindricalGeometry.uniform(
         45, 50, np.round(np.arange(19) * 2.325, 6), _CC_LAYER_PITCH, "par04"),
     "sandwich64": lambda: CartesianGeometry((64, 64, 64), (10.0, 10.0, 26.5), name="sandwich64"),
     "sandwich32": lambda: CartesianGeometry((32, 32, 32), (20.0, 20.0, 53.0), name="sandwich32"),
     # ILD-like Si-W ECAL (30 layers, 5.088 mm cells), the geometry of the CaloClouds samples
-    "ild-ecal": lambda: _ild_geometry(),
+    "ild-ecal": lambda: ILDGeometry(),
 }
 """Named geometries built from numbers alone; :func:`get_geometry` makes them."""
-
-def _ild_geometry() -> Geometry:
-    from showerformer.ild import ILDGeometry
-
-    return ILDGeometry()
 
 
 _BY_CELLS = {368: "ds1-photons", 533: "ds1-pions", 6480: "ds2", 40500: "ds3",

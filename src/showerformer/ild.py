@@ -14,6 +14,10 @@ the global axes, so right-handed): ``x`` = global Z, ``y`` = global X and ``z`` 
 ``inner_radius`` (1804.7 mm, the ECAL front face where the CaloClouds guns start), so ``z`` is
 the depth from the front face.
 
+This module depends on the geometry base (:mod:`showerformer.geometry_base`) only;
+:mod:`showerformer.geometry` imports it to offer the ``"ild-ecal"`` preset, so the two never
+import each other in a cycle.
+
 References:
     CaloClouds II, arXiv:2309.05704; CaloClouds 3 (FLC-QU-hep/CaloClouds-3, detector
     description ``pointcloud/utils/detector_map.py``); ILD Interim Design Report,
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from showerformer.errors import InputError
-from showerformer.geometry import Geometry
+from showerformer.geometry_base import Geometry, check_readout_threshold, register_kind
 
 __all__ = ["ILD_ECAL", "ILDEcal", "ILDGeometry"]
 
@@ -176,6 +180,7 @@ ILD_ECAL = ILDEcal(
 """The ILD ECAL barrel (top stave) of the CaloClouds photon samples: 30 silicon layers."""
 
 
+@register_kind("ild")
 class ILDGeometry(Geometry):
     """Square cells on a regular transverse grid in every layer of an :class:`ILDEcal`.
 
@@ -189,11 +194,14 @@ class ILDGeometry(Geometry):
     Arguments:
         ecal: the calorimeter description (default :data:`ILD_ECAL`).
         name: a label (default the description's name).
+        readout_threshold_mev: smallest cell energy the readout records, MeV (0: all).
     """
 
-    def __init__(self, ecal: ILDEcal = ILD_ECAL, *, name: str | None = None) -> None:
+    def __init__(self, ecal: ILDEcal = ILD_ECAL, *, name: str | None = None,
+                 readout_threshold_mev: float = 0.0) -> None:
         self.ecal = ecal
         self.name = name or ecal.name
+        self.readout_threshold_mev = check_readout_threshold(readout_threshold_mev)
         c = ecal.cell_size
         self.nx = math.ceil((ecal.x_limits[1] - ecal.x_limits[0]) / c - 1e-9)
         self.ny = math.ceil((ecal.y_limits[1] - ecal.y_limits[0]) / c - 1e-9)
@@ -237,17 +245,24 @@ class ILDGeometry(Geometry):
                          self._front[layer] + u[:, 2] * self.ecal.sensor_thickness], axis=1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "ild", "name": self.name, "ecal": self.ecal.to_dict()}
+        return {"kind": "ild", "name": self.name, "ecal": self.ecal.to_dict(),
+                "readout_threshold_mev": self.readout_threshold_mev}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Geometry:
         """Rebuild from :meth:`to_dict` output (other kinds go to :meth:`Geometry.from_dict`)."""
         if d.get("kind") != "ild":
             return Geometry.from_dict(d)
+        return ILDGeometry._from_dict(d)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> ILDGeometry:
         if not isinstance(d.get("ecal"), dict):
             raise InputError("an 'ild' geometry without its calorimeter", key="ecal",
                              expected="the output of ILDGeometry.to_dict()")
-        return ILDGeometry(ILDEcal.from_dict(d["ecal"]), name=d.get("name"))
+        return cls(ILDEcal.from_dict(d["ecal"]), name=d.get("name"),
+                   readout_threshold_mev=check_readout_threshold(
+                       d.get("readout_threshold_mev", 0.0)))
 
     def describe(self) -> str:
         return (f"{self.name}: {self.n_layers} silicon layers at depths "

@@ -351,7 +351,7 @@ def run_point_flow_benchmark(
                                                  seed, ("low", "low_normed", "high"), plots)}
         else:
             row["evaluation"] = {}
-            from showerformer.simulation.beams import PARTICLES
+            from showerformer.incident import PARTICLES
 
             names = {p.pdg: n for n, p in PARTICLES.items()}
             for pdg in np.unique(cond.pdg):

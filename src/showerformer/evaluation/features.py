@@ -46,7 +46,14 @@ import numpy as np
 
 from showerformer._atomic import atomic_path
 from showerformer.errors import InputError
-from showerformer.geometry import CartesianGeometry, CylindricalGeometry, Geometry, get_geometry
+from showerformer.geometry import (
+    DS23_THRESHOLD,
+    READOUT_THRESHOLDS,
+    CartesianGeometry,
+    CylindricalGeometry,
+    Geometry,
+    get_geometry,
+)
 from showerformer.showers import PointShowers, VoxelShowers
 
 __all__ = [
@@ -76,15 +83,10 @@ EPS = 1e-16
 """Added to every energy sum that divides (``EC = sum(x E) / (sum(E) + EPS)``), as officially."""
 LOG_EPS = 1e-8
 """Added before ``log10`` of layer and total energies in classifier inputs, as officially."""
-DS23_THRESHOLD = 0.5e-3 / 0.033
-"""Readout threshold of datasets 2 and 3 in MeV: 0.5 keV in silicon / sampling fraction 0.033."""
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "ds1-photons": 1.0,
-    "ds1-pions": 1.0,
-    "ds2": DS23_THRESHOLD,
-    "ds3": DS23_THRESHOLD,
-}
-"""Default voxel thresholds (MeV) by geometry name; other geometries default to 0."""
+DEFAULT_THRESHOLDS: dict[str, float] = dict(READOUT_THRESHOLDS)
+"""Default voxel thresholds (MeV) by geometry name, the readout thresholds of the presets
+(:data:`showerformer.geometry.READOUT_THRESHOLDS`); other geometries default to 0."""
+_DATASETS = ("ds1-photons", "ds1-pions", "ds2", "ds3")
 
 VOXEL_KEY = "voxel_energy"
 """Name of the voxel energy spectrum in histogram and separation-power dictionaries."""
@@ -120,13 +122,18 @@ def dataset_kind(geometry: str | Geometry) -> str | None:
     aliases = {"1-photons": "ds1-photons", "1-pions": "ds1-pions", "2": "ds2", "3": "ds3",
                "par04": "ds3"}
     name = aliases.get(name, name)
-    return name if name in DEFAULT_THRESHOLDS else None
+    return name if name in _DATASETS else None
 
 
 def default_threshold(geometry: str | Geometry) -> float:
-    """The official voxel threshold (MeV) for a geometry: 1 for ds1, 15.15e-3 for ds2/ds3, else 0."""
-    name = geometry.name if isinstance(geometry, Geometry) else str(geometry)
-    return DEFAULT_THRESHOLDS.get(name.lower(), 0.0)
+    """The official voxel threshold (MeV) for a geometry: 1 for ds1, 15.15e-3 for ds2/ds3, else 0.
+
+    A :class:`Geometry` carries its own (``readout_threshold_mev``, set by the presets); a name
+    gives the threshold of the preset of that name.
+    """
+    if isinstance(geometry, Geometry):
+        return float(geometry.readout_threshold_mev)
+    return READOUT_THRESHOLDS.get(str(geometry).lower(), 0.0)
 
 
 def ds1_energy_bins() -> list[tuple[float, float]]:
@@ -436,8 +443,8 @@ class FeatureAccumulator:
 
     Arguments:
         geometry: the showers' geometry.
-        threshold: voxels below it (MeV) are set to zero first; default from the geometry name
-            (:data:`DEFAULT_THRESHOLDS`).
+        threshold: voxels below it (MeV) are set to zero first; default the geometry's
+            readout threshold (``readout_threshold_mev``, see :data:`DEFAULT_THRESHOLDS`).
         collect: low-level classifier inputs to keep as well, ``"low"`` and/or ``"low_normed"``
             (N x n_cells floats each: for large samples these dominate the memory).
         low_dtype: dtype of the collected low-level inputs.

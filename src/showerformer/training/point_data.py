@@ -136,7 +136,7 @@ def load_point_dataset(
         seed: seed of the dequantization.
         max_showers: read at most this many showers (the first ones).
         threshold: cell energy (MeV) a voxel needs to become a point; default: the
-            geometry's readout threshold of the evaluation (e.g. 15.15 keV for ds2/ds3).
+            geometry's ``readout_threshold_mev`` (e.g. 15.15 keV for ds2/ds3).
         geometry: passed to the reader (needed for files that do not name theirs).
 
     Returns:
@@ -183,11 +183,7 @@ def load_point_dataset(
 
 
 def _threshold(geometry: Geometry, threshold: float | None) -> float:
-    if threshold is not None:
-        return float(threshold)
-    from showerformer.evaluation.features import default_threshold
-
-    return float(default_threshold(geometry))
+    return float(geometry.readout_threshold_mev if threshold is None else threshold)
 
 
 class PointCollate:

@@ -468,13 +468,13 @@ def _rekey(exc: InputError, key: str) -> InputError:
 
 def parse_energy(text: str, spectrum: str | None = None) -> Any:
     """``"50"``, ``"1-1000"`` / ``"1:1000"`` (log-uniform by default) or ``"64,128,256"`` GeV
-    -> a :class:`~showerformer.simulation.beams.Spectrum` in MeV.
+    -> a :class:`~showerformer.incident.Spectrum` in MeV.
 
     Raises:
         InputError: text that does not parse, non-positive energies or an unknown spectrum,
             naming ``--energy`` or ``--spectrum``.
     """
-    from showerformer.simulation.beams import Spectrum
+    from showerformer.incident import Spectrum
 
     m = _RANGE_DASH.match(str(text))
     if m and not str(text).strip().lower().endswith(("e-", "e+")):
@@ -488,7 +488,7 @@ def parse_energy(text: str, spectrum: str | None = None) -> Any:
 
 def check_spectrum(spectrum: str | None) -> None:
     """Raise :class:`InputError` naming ``--spectrum`` unless None or a known kind."""
-    from showerformer.simulation.beams import SPECTRUM_KINDS
+    from showerformer.incident import SPECTRUM_KINDS
 
     if spectrum is not None and spectrum not in SPECTRUM_KINDS:
         raise InputError(f"unknown spectrum {spectrum!r}", key="--spectrum",
@@ -513,7 +513,7 @@ def parse_particles(particle: str | Sequence[str | int]) -> list[int]:
         InputError: an empty list or a particle the simulator does not know, naming
             ``--particle``.
     """
-    from showerformer.simulation.beams import get_particle
+    from showerformer.incident import get_particle
 
     names = particle.split(",") if isinstance(particle, str) else list(particle)
     pdgs = []
@@ -536,7 +536,7 @@ def parse_theta(text: str | None, default: tuple[float, float]) -> tuple[float, 
     Raises:
         InputError: naming ``--theta``.
     """
-    from showerformer.simulation.beams import parse_theta as parse_polar_angle
+    from showerformer.incident import parse_theta as parse_polar_angle
 
     return parse_polar_angle(text, default, key="--theta")
 
@@ -547,7 +547,7 @@ def parse_phi(text: str | None, default: tuple[float, float]) -> tuple[float, fl
     Raises:
         InputError: naming ``--phi``.
     """
-    from showerformer.simulation.beams import parse_angle
+    from showerformer.incident import parse_angle
 
     try:
         lo, hi = parse_angle(text, default)
@@ -627,7 +627,7 @@ def sample_conditions(
         InputError: a bad value or one the model was not trained for, naming the option
             (``--particle``, ``--energy``, ...).
     """
-    from showerformer.simulation.beams import Spectrum
+    from showerformer.incident import Spectrum
 
     n = check_count(n, "--n", "at least one shower")
     seed = check_count(seed, "--seed", "an integer >= 0", minimum=0)
