@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
+from showerformer.data.points import PointPreprocessing, Preprocessing
 from showerformer.errors import InputError
 from showerformer.geometry import get_geometry
-from showerformer.models.panshower import Preprocessing
+from showerformer.preprocessing import BoxCox, Chain, Columns, Log, MinMax, Standardize
 
 # ---------------------------------------------------------------------------- golden data
 # Written by the first ``Preprocessing`` (the per-layer statistics in one (L, 3) table) on
@@ -185,8 +188,9 @@ def test_fit_matches_the_golden_statistics() -> None:
 def test_outputs_match_the_golden_arrays(source: str) -> None:
     pts, mask, e0, n_layers = golden_input()
     pre = Preprocessing.fit_points(pts[mask], e0, n_layers=n_layers, min_points=3)
-    if source == "old dict":  # a checkpoint of the first version
+    if source == "old dict":  # a checkpoint of the first version, also after a re-save
         pre = Preprocessing.from_dict(json.loads(json.dumps(GOLDEN_DICT)))
+        pre = Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict())))
     elif source == "new dict":
         pre = Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict())))
     feats, layer = pre.transform(pts, mask)
@@ -247,3 +251,66 @@ def test_old_dict_without_energy_limit_and_bad_dicts() -> None:
         Preprocessing.from_dict({**GOLDEN_DICT, "bogus": 1})
     with pytest.raises(InputError, match="kind"):
         Preprocessing.from_dict({**GOLDEN_DICT, "kind": "voxels"})
+
+
+def test_new_layout_is_built_from_transforms() -> None:
+    pts, mask, e0, n_layers = golden_input()
+    pre = Preprocessing.fit_points(pts[mask], e0, n_layers=n_layers, min_points=3)
+    d = pre.to_dict()
+    assert set(d) == {"kind", "features", "incident", "layer_z"} and d["kind"] == "points"
+    json.dumps(d)
+    cols = pre.features.columns
+    assert [type(c).__name__ for c in cols] == ["Standardize", "Standardize", "Chain"]
+    assert [type(s).__name__ for s in cols[2].steps] == ["Log", "Clip", "Standardize"]
+    assert all(c.per_group for c in (cols[0], cols[1], cols[2].steps[2]))
+    assert [type(s).__name__ for s in pre.incident.steps] == ["Log", "Standardize"]
+    assert PointPreprocessing is Preprocessing
+    with pytest.raises(InputError, match="features") as info:
+        Preprocessing.from_dict({k: v for k, v in d.items() if k != "features"})
+    assert info.value.key == "features"
+    with pytest.raises(InputError) as info:
+        Preprocessing.from_dict({**d, "mean": [[0, 0, 0]]})
+    assert info.value.key == "mean"
+    bad = json.loads(json.dumps(d))
+    bad["features"]["columns"][2]["steps"][0]["kind"] = "sqrt"
+    with pytest.raises(InputError) as info:
+        Preprocessing.from_dict(bad)
+    assert info.value.key == "features.columns[2].steps[0].kind"
+    bad = json.loads(json.dumps(d))
+    bad["layer_z"] = bad["layer_z"][:2]  # per-layer statistics for 4 layers
+    with pytest.raises(InputError, match="layer"):
+        Preprocessing.from_dict(bad)
+    with pytest.raises(InputError, match="features"):
+        PointPreprocessing(features=Columns([Standardize(), Standardize()]),
+                           incident=pre.incident, layer_z=pre.layer_z)
+
+
+def test_other_feature_transforms_round_trip() -> None:
+    """A generator may model other features (here Box-Cox energies, min-max positions): the
+    transform, its inverse and the dict work the same way."""
+    pts, mask, e0, _ = golden_input()
+    real = pts[mask]
+    features = Columns([MinMax(), MinMax(), Chain([BoxCox(), Standardize(per_group=True,
+                                                                        min_count=3)])])
+    features.fit(real[:, [0, 1, 3]][real[:, 3] > 0], groups=real[:, 4][real[:, 3] > 0])
+    incident = Chain([Log(), MinMax()]).fit(e0)
+    pre = PointPreprocessing(features=features, incident=incident, layer_z=np.arange(4) * 3.4)
+    ok = mask & (pts[..., 3] > 0)
+    feats, layer = pre.transform(pts, ok)
+    assert feats[ok][:, :2].min() >= 0 and feats[ok][:, :2].max() <= 1
+    back = pre.inverse(feats, layer, ok)
+    np.testing.assert_allclose(back[ok][:, [0, 1, 3]], pts[ok][:, [0, 1, 3]], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(pre.inverse_incident(pre.transform_incident(e0)), e0, rtol=1e-5)
+    again = Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict())))
+    np.testing.assert_array_equal(again.transform(pts, ok)[0], feats)
+    assert pre.log_energy_max is None and pre.per_layer
+    with pytest.raises(AttributeError):
+        _ = pre.energy_floor
+
+
+def test_data_layer_imports_neither_models_nor_training() -> None:
+    code = ("import sys, showerformer.data, showerformer.preprocessing, showerformer.nn.conditioning;"
+            "bad = sorted(m for m in sys.modules if m.startswith(('showerformer.models', "
+            "'showerformer.training'))); print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -665,7 +665,7 @@ class Trainer:
         batch_sampler: factory of the training batch sampler with the signature of
             :class:`~showerformer.training.data.EpochBatchSampler` (``n, batch_size, *, seed,
             epoch, start, rank, world_size``); e.g. a ``functools.partial`` of
-            :class:`~showerformer.training.point_data.BucketBatchSampler`. Its order must
+            :class:`~showerformer.data.batching.BucketBatchSampler`. Its order must
             depend only on ``(seed, epoch)`` for exact resumption.
         run_config: JSON-ready resolved run config, written to ``run_config.json`` in the run
             folder once :meth:`fit` has checked the folder (None: no such file).
