@@ -15,8 +15,8 @@ from showerformer.commands.benchmark import print_point_flow_tables
 from showerformer.errors import InputError
 
 TINY = {
-    "model": {"family": "point-flow", "shower": {"d_model": 16, "n_heads": 2, "n_layers": 1},
-              "counts": {"hidden": 16, "depth": 1}},
+    "model": {"family": "point-flow", "shower": {"d_model": 16, "n_heads": 2, "n_blocks": 1},
+              "counts": {"d_model": 16, "n_blocks": 1}},
     "train": {"lr": 1e-3, "max_steps": 4, "batch_size": 8, "tensorboard": False,
               "precision": "fp32", "device": "cpu"},
     "data": {"val_fraction": 0.1},
@@ -62,7 +62,7 @@ def test_batch_shapes_follow_the_trainer_batches() -> None:
     import numpy as np
 
     from showerformer.benchmark.point_flow import _batch_shapes, _step_cost_features
-    from showerformer.training.point_data import BucketBatchSampler
+    from showerformer.data.batching import BucketBatchSampler
 
     sizes = np.random.default_rng(3).integers(5, 3000, 100)
     shapes = _batch_shapes(sizes, 8, 4, 16, seed=2, min_batches=30)

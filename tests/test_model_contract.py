@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from showerformer.data.points import Preprocessing, make_batch
 from showerformer.models import MODELS, get_model_class
-from showerformer.models.panshower import Preprocessing, make_batch
 from showerformer.showers import Conditions, PointShowers
 from showerformer.training import checkpoint as ckpt
 
@@ -77,11 +77,11 @@ def _pct() -> tuple[dict[str, Any], Callable[[], dict[str, torch.Tensor]]]:
 
 FAMILIES: dict[str, tuple[dict[str, Any], Callable[[], dict[str, torch.Tensor]]]] = {
     "particle-cnn-transformer": _pct(),
-    "panshower": ({"n_layers_calo": L, "d_model": 32, "n_heads": 2, "n_layers": 2,
+    "panshower": ({"n_calo_layers": L, "d_model": 32, "n_heads": 2, "n_blocks": 2,
                    "attention": "blocked"}, _point_batch),
-    "point-count-fm": ({"n_layers_calo": L, "hidden": 32, "depth": 2}, _point_batch),
-    "point-flow": ({"n_layers_calo": L, "shower": {"d_model": 32, "n_heads": 2, "n_layers": 2},
-                    "counts": {"hidden": 32, "depth": 2}}, _point_batch),
+    "point-count-fm": ({"n_calo_layers": L, "d_model": 32, "n_blocks": 2}, _point_batch),
+    "point-flow": ({"n_calo_layers": L, "shower": {"d_model": 32, "n_heads": 2, "n_blocks": 2},
+                    "counts": {"d_model": 32, "n_blocks": 2}}, _point_batch),
 }
 
 
@@ -195,8 +195,8 @@ def test_config_refuses_wrong_types_and_ranges(family: str) -> None:
             with pytest.raises(InputError, match="particles"):
                 cls.from_dict({**overrides, "particles": bad})
     if family == "point-flow":  # the sections name the nested key
-        for section, key in (("shower", "d_model"), ("shower", "dropout"), ("counts", "hidden")):
-            value = {"d_model": "32", "dropout": 1.0, "hidden": -4}[key]
+        for section, key, value in (("shower", "d_model", "32"), ("shower", "dropout", 1.0),
+                                    ("counts", "d_model", -4)):
             with pytest.raises(InputError) as info:
                 cls.from_dict({**overrides, section: {**overrides[section], key: value}})
             assert info.value.key == f"{section}.{key}"

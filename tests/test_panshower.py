@@ -10,26 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from showerformer.data.batching import size_chunks
+from showerformer.data.conditions import CONDITION_KEYS, DEFAULT_PARTICLES, particle_indices
+from showerformer.data.points import Preprocessing, layers_from_counts, make_batch
 from showerformer.errors import InputError
 from showerformer.geometry import get_geometry
 from showerformer.models import MODELS
-from showerformer.models.panshower import (
-    CONDITION_KEYS,
-    DEFAULT_PARTICLES,
-    PanShower,
-    PanShowerConfig,
-    PanShowerSample,
-    Preprocessing,
-    layers_from_counts,
-    make_batch,
-    particle_indices,
-    size_chunks,
-)
+from showerformer.models.panshower import PanShower, PanShowerConfig, PanShowerSample
 from showerformer.nn.layer_window import flex_available
 from showerformer.showers import Conditions, PointShowers
 
 L = 6
-SMALL = PanShowerConfig(n_layers_calo=L, d_model=32, n_heads=4, n_layers=2, mlp_ratio=2,
+SMALL = PanShowerConfig(n_calo_layers=L, d_model=32, n_heads=4, n_blocks=2, mlp_ratio=2,
                         layer_window=1, n_fourier=8)
 PITCH = 3.4  # mm between layer centres of the toy showers
 
@@ -144,7 +136,7 @@ def test_registry_and_config() -> None:
     assert MODELS["panshower"] is PanShower and PanShower.family == "panshower"
     cfg = PanShowerConfig.from_dict(json.loads(json.dumps(SMALL.to_dict())))
     assert cfg == SMALL and cfg.n_particles == 4
-    assert PanShowerConfig.for_geometry(get_geometry("ds2")).n_layers_calo == 45
+    assert PanShowerConfig.for_geometry(get_geometry("ds2")).n_calo_layers == 45
     for key, value in [("layer_window", -1), ("ot_pairing", "global"), ("n_heads", 5),
                        ("attention", "sparse"), ("time_distribution", "beta")]:
         with pytest.raises(InputError, match=key):
@@ -298,7 +290,7 @@ def test_save_load_round_trip(showers, pre, device: str, dtype: torch.dtype) -> 
 @pytest.mark.parametrize("window", [0, 1, 2])
 def test_layer_window_is_respected(window: int, device: str, dtype: torch.dtype) -> None:
     # one block: a point's output depends only on points at most `window` layers away
-    model = small_model(device, dtype, n_layers=1, layer_window=window).eval()
+    model = small_model(device, dtype, n_blocks=1, layer_window=window).eval()
     counts = torch.tensor([[2, 2, 2, 2, 2, 2]], device=device)
     layer, mask = layers_from_counts(counts)
     x = torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)).to(device, dtype)
@@ -316,7 +308,7 @@ def test_layer_window_is_respected(window: int, device: str, dtype: torch.dtype)
 
 
 def test_full_attention_without_window(device: str, dtype: torch.dtype) -> None:
-    model = small_model(device, dtype, n_layers=1, layer_window=None).eval()
+    model = small_model(device, dtype, n_blocks=1, layer_window=None).eval()
     counts = torch.tensor([[1, 0, 0, 0, 0, 1]], device=device)
     layer, mask = layers_from_counts(counts)
     x = torch.randn(1, 2, 3).to(device, dtype)

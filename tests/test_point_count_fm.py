@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from showerformer.data.conditions import CONDITION_KEYS
+from showerformer.data.points import Preprocessing
 from showerformer.errors import InputError
 from showerformer.models import MODELS
-from showerformer.models.panshower import CONDITION_KEYS, Preprocessing
 from showerformer.models.point_count_fm import (
     PointCountFM,
     PointCountFMConfig,
@@ -21,7 +22,7 @@ from showerformer.models.point_count_fm import (
 from showerformer.showers import Conditions
 
 L = 4
-SMALL = PointCountFMConfig(n_layers_calo=L, hidden=32, depth=2, n_fourier=8)
+SMALL = PointCountFMConfig(n_calo_layers=L, d_model=32, n_blocks=2, n_fourier=8)
 
 
 def conditions(b: int, device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -59,8 +60,8 @@ def test_count_transform_is_exact_on_integers() -> None:
 def test_registry_and_config() -> None:
     assert MODELS["point-count-fm"] is PointCountFM
     assert PointCountFMConfig.from_dict(json.loads(json.dumps(SMALL.to_dict()))) == SMALL
-    with pytest.raises(InputError, match="depth"):
-        dataclasses.replace(SMALL, depth=0)
+    with pytest.raises(InputError, match="n_blocks"):
+        dataclasses.replace(SMALL, n_blocks=0)
     with pytest.raises(InputError, match="bogus"):
         PointCountFMConfig.from_dict({"bogus": 1})
 
@@ -114,7 +115,7 @@ def test_sample_gives_non_negative_integers(device: str, dtype: torch.dtype) -> 
 
 
 def test_learns_counts_that_grow_with_energy(device: str) -> None:
-    model = small_model(device, torch.float32, depth=1)
+    model = small_model(device, torch.float32, n_blocks=1)
     model.fit_normalization(toy_counts(torch.linspace(-1, 1, 200)))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -140,7 +141,7 @@ def test_save_load_round_trip(device: str, dtype: torch.dtype) -> None:
     model.fit_normalization(toy_counts(torch.linspace(-1, 1, 50)))
     model.to(device, dtype)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert {"y_mean", "y_std", "time_features.freq"} <= set(state)
+    assert {"y_mean", "y_std", "condition.time_features.freq"} <= set(state)
     torch.manual_seed(99)
     loaded = PointCountFM(PointCountFMConfig.from_dict(json.loads(json.dumps(SMALL.to_dict()))))
     loaded.to(device, dtype).load_state_dict(state)
@@ -152,8 +153,9 @@ def test_save_load_round_trip(device: str, dtype: torch.dtype) -> None:
 
 def test_generate_from_physical_conditions() -> None:
     model = small_model("cpu", torch.float32)
-    pre = Preprocessing(mean=np.zeros((L, 3)), std=np.ones((L, 3)), layer_z=np.arange(L) * 5.0,
-                        incident_log_mean=float(np.log(3e4)), incident_log_std=0.5)
+    pre = Preprocessing.from_statistics(mean=np.zeros((L, 3)), std=np.ones((L, 3)),
+                                        layer_z=np.arange(L) * 5.0,
+                                        incident_log_mean=float(np.log(3e4)), incident_log_std=0.5)
     cond = Conditions(np.array([1e4, 5e4, 9e4]), pdg=np.array([11, 22, 2212]))
     counts = model.generate(cond, pre, steps=2, generator=torch.Generator().manual_seed(0))
     assert counts.shape == (3, L) and counts.dtype == np.int64 and (counts >= 0).all()

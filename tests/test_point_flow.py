@@ -10,19 +10,18 @@ import pytest
 import torch
 
 from showerformer.cli import main
+from showerformer.data.batching import BucketBatchSampler, size_sorted
+from showerformer.data.points import (
+    PointCloudDataset,
+    PointCollate,
+    Preprocessing,
+    load_point_dataset,
+)
 from showerformer.errors import InputError
 from showerformer.io import read_calochallenge, read_showers
-from showerformer.models.panshower import Preprocessing
 from showerformer.models.point_flow import PointFlow, PointFlowConfig
 from showerformer.simulation import simulate_to_file
 from showerformer.training import checkpoint as ckpt
-from showerformer.training.point_data import (
-    BucketBatchSampler,
-    PointCloudDataset,
-    PointCollate,
-    load_point_dataset,
-    size_sorted,
-)
 from showerformer.training.point_flow import (
     count_limits,
     load_point_flow,
@@ -33,8 +32,8 @@ from showerformer.training.point_flow import (
 )
 
 TINY = {
-    "model": {"family": "point-flow", "shower": {"d_model": 32, "n_heads": 2, "n_layers": 2},
-              "counts": {"hidden": 32, "depth": 2}},
+    "model": {"family": "point-flow", "shower": {"d_model": 32, "n_heads": 2, "n_blocks": 2},
+              "counts": {"d_model": 32, "n_blocks": 2}},
     "train": {"lr": 1e-3, "max_steps": 6, "batch_size": 8, "checkpoint_every": 3,
               "ema_decay": 0.9, "log_every": 1, "tensorboard": False, "device": "cpu",
               "precision": "fp32"},
@@ -132,16 +131,16 @@ def test_collate_pads_sorts_and_normalizes(files: dict[str, Path]) -> None:
 
 
 def test_config_sections_are_checked() -> None:
-    with pytest.raises(InputError, match=r"shower\.n_layers_calo"):
-        PointFlowConfig(shower={"n_layers_calo": 3})
+    with pytest.raises(InputError, match=r"shower\.n_calo_layers"):
+        PointFlowConfig(shower={"n_calo_layers": 3})
     with pytest.raises(InputError, match=r"counts\.bogus"):
         PointFlowConfig(counts={"bogus": 1})
     with pytest.raises(InputError, match=r"shower\.n_heads"):
         PointFlowConfig(shower={"d_model": 30, "n_heads": 4})
-    cfg = PointFlowConfig(n_layers_calo=9, particles=(22,), shower={"layer_window": 1})
+    cfg = PointFlowConfig(n_calo_layers=9, particles=(22,), shower={"layer_window": 1})
     m = PointFlow(cfg)
     assert m.shower.config.layer_window == 1 and m.shower.config.particles == (22,)
-    assert m.counts.config.n_layers_calo == 9
+    assert m.counts.config.n_calo_layers == 9
 
 
 def test_train_resume_and_sample(files: dict[str, Path], tmp_path: Path) -> None:
@@ -324,9 +323,9 @@ def test_point_data_checks(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_generate_checks_its_arguments_first() -> None:
-    model = PointFlow(PointFlowConfig(n_layers_calo=3, shower={"d_model": 8, "n_heads": 1,
-                                                               "n_layers": 1},
-                                      counts={"hidden": 8, "depth": 1}))
+    model = PointFlow(PointFlowConfig(n_calo_layers=3, shower={"d_model": 8, "n_heads": 1,
+                                                               "n_blocks": 1},
+                                      counts={"d_model": 8, "n_blocks": 1}))
     ds_conditions = sample_conditions({"model_config": {"particles": [11]},
                                        "metadata": {}}, 2)
     for kw, key in (({"batch_size": 0}, "batch_size"), ({"steps": 0}, "steps"),

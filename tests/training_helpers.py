@@ -145,8 +145,8 @@ def tiny_point_flow_config(**train: object) -> dict:
            "log_every": 1, "tensorboard": False, "device": "cpu", "precision": "fp32"}
     cfg.update(train)
     return {"model": {"family": "point-flow",
-                      "shower": {"d_model": 32, "n_heads": 2, "n_layers": 2},
-                      "counts": {"hidden": 32, "depth": 2}},
+                      "shower": {"d_model": 32, "n_heads": 2, "n_blocks": 2},
+                      "counts": {"d_model": 32, "n_blocks": 2}},
             "train": cfg, "data": {"val_fraction": 0.1, "pad_multiple": 4}}
 
 

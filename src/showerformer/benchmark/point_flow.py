@@ -143,7 +143,7 @@ def _batch_shapes(sizes: np.ndarray, batch_size: int, bucket_batches: int, pad_m
                   seed: int, min_batches: int = 1) -> np.ndarray:
     """``(showers, padded points)`` of the trainer's batches, in its order: every batch of
     epoch 0, and of the following epochs until there are ``min_batches``.  # (nb, 2)"""
-    from showerformer.training.point_data import BucketBatchSampler
+    from showerformer.data.batching import BucketBatchSampler
 
     pad = max(1, pad_multiple)
     shapes: list[tuple[int, int]] = []
@@ -183,7 +183,7 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
     """
     from scipy.optimize import nnls
 
-    from showerformer.training.data import split_indices
+    from showerformer.data.batching import split_indices
     from showerformer.training.point_flow import point_flow_datasets, train_point_flow
 
     raw = {k: dict(v) for k, v in run.items()}

@@ -9,7 +9,7 @@ import numbers
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -126,7 +126,14 @@ class ModelConfig:
     :class:`InputError` naming the key.
 
     A family's ``__post_init__`` calls :meth:`check_types` first, then checks the ranges.
+
+    Attributes:
+        LEGACY_KEYS: former key names and their current ones (``{"n_layers_calo":
+            "n_calo_layers"}``): :meth:`from_dict` reads the checkpoints and YAML files written
+            with the former names.
     """
+
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary (tuples become lists)."""
@@ -143,12 +150,38 @@ class ModelConfig:
         if not isinstance(data, Mapping):
             raise InputError(f"a {type(data).__name__}", key=cls.__name__,
                              expected="a mapping of config keys")
+        data = cls.translate_legacy_keys(data)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise InputError(f"unknown config key(s) {', '.join(unknown)}", key=unknown[0],
                              expected="one of " + ", ".join(sorted(known)))
-        return cls(**dict(data))
+        return cls(**data)
+
+    @classmethod
+    def translate_legacy_keys(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with the former key names of :attr:`LEGACY_KEYS` replaced by the current ones.
+
+        Arguments:
+            data: config keys and values (from a checkpoint or a YAML file).
+
+        Returns:
+            A new dict, in the same order.
+
+        Raises:
+            InputError: a former name given together with its current one, naming both.
+        """
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            new = cls.LEGACY_KEYS.get(key) if isinstance(key, str) else None
+            if new is None:
+                out[key] = value
+                continue
+            if new in data:
+                raise InputError(f"both {key} and {new}", key=key,
+                                 expected=f"only {new} ({key} is its former name)")
+            out[new] = value
+        return out
 
     def resolved_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` with every default filled in, also inside nested sections: two

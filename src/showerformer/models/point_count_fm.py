@@ -1,11 +1,12 @@
 """PointCountFM: conditional flow matching of the number of points in every calorimeter layer.
 
-The target is ``y = log(n + 0.5)`` per layer (a vector of ``n_layers_calo`` values), standardized
+The target is ``y = log(n + 0.5)`` per layer (a vector of ``n_calo_layers`` values), standardized
 per layer with statistics fitted on the training counts (:meth:`PointCountFM.fit_normalization`,
-kept as buffers in the ``state_dict``). A residual MLP ``v(y_t, t | c)`` with Gaussian Fourier
-features of the flow time and of the normalized log incident energy, the direction unit vector and
-a particle-type embedding is trained with rectified-flow matching; sampling integrates the ODE
-from Gaussian noise and rounds ``n = max(0, round(exp(y) - 0.5))``.
+kept as buffers in the ``state_dict``). A residual MLP ``v(y_t, t | c)`` conditioned on a
+:class:`~showerformer.nn.conditioning.ConditionEmbedding` (Gaussian Fourier features of the flow
+time and of the normalized log incident energy, the direction unit vector and a particle-type
+embedding) is trained with rectified-flow matching; sampling integrates the ODE from Gaussian
+noise and rounds ``n = max(0, round(exp(y) - 0.5))``.
 
 The ``+ 0.5`` keeps empty layers finite (``log 0.5``); rounding ``exp(y) - 0.5`` half up maps
 every ``y`` in ``[log n, log(n + 1))`` to ``n``.
@@ -26,20 +27,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from showerformer.data.conditions import (
+    CONDITION_KEYS,
+    DEFAULT_PARTICLES,
+    check_particles,
+    condition_tensors,
+    require_keys,
+)
+from showerformer.data.points import PointPreprocessing
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.methods.flow_matching import TIME_DISTRIBUTIONS, flow_matching_loss
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
-from showerformer.models.panshower import (
-    CONDITION_KEYS,
-    DEFAULT_PARTICLES,
-    Preprocessing,
-    _require,
-    check_particles,
-    condition_tensors,
-)
-from showerformer.nn.embeddings import GaussianFourierFeatures, direction_vector
+from showerformer.nn.conditioning import ConditionEmbedding
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, linear_schedule
 from showerformer.showers import Conditions
 
@@ -65,21 +66,28 @@ class PointCountFMConfig(ModelConfig):
     """Hyper-parameters of :class:`PointCountFM`.
 
     Attributes:
-        n_layers_calo: number of calorimeter layers (the length of the count vector).
+        n_calo_layers: number of calorimeter layers (the length of the count vector).
         particles: PDG ids of the modelled particle types, in embedding order.
-        hidden: width of the residual MLP.
-        depth: residual blocks.
+        d_model: width of the residual MLP.
+        n_blocks: residual blocks.
         n_fourier: Gaussian Fourier features of the time and of the incident energy.
         time_fourier_std: frequency spread of the time features.
         energy_fourier_std: frequency spread of the energy features.
         dropout: dropout inside the residual blocks.
         time_distribution: ``"uniform"`` or ``"logit-normal"``.
+
+    The former names ``n_layers_calo``, ``hidden`` and ``depth`` (checkpoints and YAML files of
+    earlier versions) are read as ``n_calo_layers``, ``d_model`` and ``n_blocks``
+    (:attr:`LEGACY_KEYS`).
     """
 
-    n_layers_calo: int = 30
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"n_layers_calo": "n_calo_layers",
+                                             "hidden": "d_model", "depth": "n_blocks"}
+
+    n_calo_layers: int = 30
     particles: tuple[int, ...] = DEFAULT_PARTICLES
-    hidden: int = 256
-    depth: int = 3
+    d_model: int = 256
+    n_blocks: int = 3
     n_fourier: int = 16
     time_fourier_std: float = 4.0
     energy_fourier_std: float = 1.0
@@ -92,10 +100,10 @@ class PointCountFMConfig(ModelConfig):
         def bad(key: str, expected: str) -> InputError:
             return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
 
-        if self.n_layers_calo < 1:
-            raise bad("n_layers_calo", "at least one calorimeter layer")
+        if self.n_calo_layers < 1:
+            raise bad("n_calo_layers", "at least one calorimeter layer")
         check_particles(self.particles)
-        self.require_positive("hidden", "depth")
+        self.require_positive("d_model", "n_blocks")
         if self.n_fourier < 2 or self.n_fourier % 2:
             raise bad("n_fourier", "a positive even number")
         for key in ("time_fourier_std", "energy_fourier_std"):
@@ -113,8 +121,8 @@ class PointCountFMConfig(ModelConfig):
 
     @classmethod
     def for_geometry(cls, geometry: Geometry, **kwargs: Any) -> PointCountFMConfig:
-        """A config whose ``n_layers_calo`` is the geometry's number of layers."""
-        return cls(n_layers_calo=geometry.n_layers, **kwargs)
+        """A config whose ``n_calo_layers`` is the geometry's number of layers."""
+        return cls(n_calo_layers=geometry.n_layers, **kwargs)
 
 
 class _ResidualBlock(nn.Module):
@@ -146,17 +154,16 @@ class PointCountFM(nn.Module):
     def __init__(self, config: PointCountFMConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PointCountFMConfig()
-        w, L = config.hidden, config.n_layers_calo
-        self.time_features = GaussianFourierFeatures(config.n_fourier, config.time_fourier_std)
-        self.energy_features = GaussianFourierFeatures(config.n_fourier, config.energy_fourier_std)
-        n_scalar = self.time_features.out_features + self.energy_features.out_features + 3
-        self.cond_in = nn.Linear(n_scalar, w)
-        self.particle_embed = nn.Embedding(config.n_particles, w)
+        w, L = config.d_model, config.n_calo_layers
+        self.condition = ConditionEmbedding(w, config.n_particles, n_fourier=config.n_fourier,
+                                            time_fourier_std=config.time_fourier_std,
+                                            energy_fourier_std=config.energy_fourier_std,
+                                            n_hidden=0)
         self.y_in = nn.Linear(L, w)
-        self.blocks = nn.ModuleList(_ResidualBlock(w, config.dropout) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(_ResidualBlock(w, config.dropout)
+                                    for _ in range(config.n_blocks))
         self.norm_out = nn.LayerNorm(w)
         self.out = nn.Linear(w, L)
-        nn.init.normal_(self.particle_embed.weight, std=0.02)
         self.register_buffer("y_mean", torch.zeros(L))  # (L,) mean of log(n + 0.5)
         self.register_buffer("y_std", torch.ones(L))  # (L,) its standard deviation
 
@@ -168,9 +175,9 @@ class PointCountFM(nn.Module):
             counts: points per layer of the training showers.  # (N, L), NumPy or torch
         """
         c = torch.as_tensor(np.asarray(counts) if not isinstance(counts, Tensor) else counts)
-        if c.ndim != 2 or c.shape[1] != self.config.n_layers_calo:
+        if c.ndim != 2 or c.shape[1] != self.config.n_calo_layers:
             raise InputError(f"counts of shape {tuple(c.shape)}", key="counts",
-                             expected=f"(N, {self.config.n_layers_calo})")
+                             expected=f"(N, {self.config.n_calo_layers})")
         y = log_counts(c).double()
         self.y_mean.copy_(y.mean(dim=0))
         self.y_std.copy_(y.std(dim=0, unbiased=False).clamp_min(0.05) if len(y) > 1
@@ -192,21 +199,18 @@ class PointCountFM(nn.Module):
             t: flow time.  # (B,)
             cond: ``"particle"`` (B,) int64, ``"energy"`` (B,) normalized log incident energy,
                 ``"theta"``, ``"phi"`` (B,) rad (see
-                :func:`~showerformer.models.panshower.condition_tensors`).
+                :func:`~showerformer.data.conditions.condition_tensors`).
 
         Returns:
             ``(B, L)``.
         """
-        _require(cond, CONDITION_KEYS, "cond")
-        L = self.config.n_layers_calo
+        require_keys(cond, CONDITION_KEYS, "cond")
+        L = self.config.n_calo_layers
         if y.ndim != 2 or y.shape[1] != L or t.shape != (y.shape[0],):
             raise InputError(f"y {tuple(y.shape)} and t {tuple(t.shape)}", key="counts",
                              expected=f"y (B, {L}) and t (B,)")
         dtype = self.out.weight.dtype
-        direction = direction_vector(cond["theta"].to(dtype), cond["phi"].to(dtype))  # (B, 3)
-        scalars = torch.cat([self.time_features(t.to(dtype)),
-                             self.energy_features(cond["energy"].to(dtype)), direction], dim=-1)
-        c = self.cond_in(scalars) + self.particle_embed(cond["particle"].long())  # (B, W)
+        c = self.condition(t, cond)  # (B, W)
         h = self.y_in(y.to(dtype)) + c
         for block in self.blocks:
             h = block(h, c)
@@ -217,13 +221,13 @@ class PointCountFM(nn.Module):
 
         Arguments:
             batch: ``"counts"`` (B, L) points per layer and ``"particle"``, ``"energy"``,
-                ``"theta"``, ``"phi"`` (B,) (see :func:`~showerformer.models.panshower.make_batch`).
+                ``"theta"``, ``"phi"`` (B,) (see :func:`~showerformer.data.points.make_batch`).
             generator: source of noise and times.
 
         Returns:
             Scalar loss.
         """
-        _require(batch, ("counts", *CONDITION_KEYS), "batch")
+        require_keys(batch, ("counts", *CONDITION_KEYS), "batch")
         y1 = self.normalize(batch["counts"]).to(self.out.weight.dtype)  # (B, L)
         return flow_matching_loss(self, y1, cond=batch,
                                   time_distribution=self.config.time_distribution,
@@ -251,11 +255,11 @@ class PointCountFM(nn.Module):
         Returns:
             ``(B, L)`` int64 counts, ``>= 0``.
         """
-        _require(conditions, CONDITION_KEYS, "conditions")
+        require_keys(conditions, CONDITION_KEYS, "conditions")
         device, dtype = self.out.weight.device, self.out.weight.dtype
         cond = {k: conditions[k].to(device) for k in CONDITION_KEYS}
         b = cond["energy"].shape[0]
-        z0 = torch.randn(b, self.config.n_layers_calo, generator=generator, device=device,
+        z0 = torch.randn(b, self.config.n_calo_layers, generator=generator, device=device,
                          dtype=dtype)
         was_training = self.training
         self.eval()
@@ -270,7 +274,7 @@ class PointCountFM(nn.Module):
     def generate(
         self,
         conditions: Conditions,
-        preprocessing: Preprocessing,
+        preprocessing: PointPreprocessing,
         *,
         generator: torch.Generator | None = None,
         steps: int = DEFAULT_STEPS,

@@ -23,25 +23,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from showerformer.data.conditions import DEFAULT_PARTICLES, check_particles, condition_tensors
+from showerformer.data.points import PointPreprocessing
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
-from showerformer.models.panshower import (
-    DEFAULT_PARTICLES,
-    PanShower,
-    PanShowerConfig,
-    Preprocessing,
-    check_particles,
-    condition_tensors,
-)
+from showerformer.models.panshower import PanShower, PanShowerConfig
 from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
 from showerformer.showers import Conditions, PointShowers
 
 __all__ = ["PointFlow", "PointFlowConfig"]
 
-_SHARED = ("n_layers_calo", "particles")
+_SHARED = ("n_calo_layers", "particles")
 
 
 @dataclass(frozen=True)
@@ -49,15 +44,20 @@ class PointFlowConfig(ModelConfig):
     """Hyper-parameters of :class:`PointFlow`.
 
     Attributes:
-        n_layers_calo: calorimeter layers (shared by both models).
+        n_calo_layers: calorimeter layers (shared by both models).
         particles: PDG ids of the modelled particle types (shared).
         shower: :class:`~showerformer.models.panshower.PanShowerConfig` keys (without the
             shared ones), e.g. ``{"d_model": 128, "layer_window": 2}``.
         counts: :class:`~showerformer.models.point_count_fm.PointCountFMConfig` keys.
         count_loss_weight: weight of the count model's loss in the sum.
+
+    The former name ``n_layers_calo`` is read as ``n_calo_layers``, and the former names inside
+    the sections as their current ones (see the sections' ``LEGACY_KEYS``).
     """
 
-    n_layers_calo: int = 30
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"n_layers_calo": "n_calo_layers"}
+
+    n_calo_layers: int = 30
     particles: tuple[int, ...] = DEFAULT_PARTICLES
     shower: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
@@ -65,17 +65,21 @@ class PointFlowConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         self.check_types()
-        if self.n_layers_calo < 1:
-            raise InputError(f"n_layers_calo={self.n_layers_calo!r}", key="n_layers_calo",
+        if self.n_calo_layers < 1:
+            raise InputError(f"n_calo_layers={self.n_calo_layers!r}", key="n_calo_layers",
                              expected="at least one calorimeter layer")
         check_particles(self.particles)
-        for name in ("shower", "counts"):
+        for name, cls in (("shower", PanShowerConfig), ("counts", PointCountFMConfig)):
             sub = getattr(self, name)
-            shared = sorted(set(sub) & set(_SHARED))
+            shared = sorted(k for k in sub if cls.LEGACY_KEYS.get(k, k) in _SHARED)
             if shared:
                 raise InputError(f"{shared[0]} inside {name}", key=f"{name}.{shared[0]}",
                                  expected="set at the top level (shared by both models)")
-            object.__setattr__(self, name, dict(sub))
+            try:  # the former key names of the section become the current ones
+                sub = cls.translate_legacy_keys(sub)
+            except InputError as exc:
+                raise InputError(exc.what, key=f"{name}.{exc.key}", expected=exc.expected) from None
+            object.__setattr__(self, name, sub)
         if not self.count_loss_weight >= 0:
             raise InputError(f"count_loss_weight={self.count_loss_weight!r}",
                              key="count_loss_weight", expected="a non-negative weight")
@@ -84,7 +88,7 @@ class PointFlowConfig(ModelConfig):
 
     def _sub(self, name: str, cls: type) -> Any:
         try:
-            return cls.from_dict({"n_layers_calo": self.n_layers_calo,
+            return cls.from_dict({"n_calo_layers": self.n_calo_layers,
                                   "particles": self.particles, **getattr(self, name)})
         except InputError as exc:
             raise InputError(exc.what, key=f"{name}.{exc.key}", expected=exc.expected) from None
@@ -99,8 +103,8 @@ class PointFlowConfig(ModelConfig):
 
     @classmethod
     def for_geometry(cls, geometry: Geometry, **kwargs: Any) -> PointFlowConfig:
-        """A config whose ``n_layers_calo`` is the geometry's number of layers."""
-        return cls(n_layers_calo=geometry.n_layers, **kwargs)
+        """A config whose ``n_calo_layers`` is the geometry's number of layers."""
+        return cls(n_calo_layers=geometry.n_layers, **kwargs)
 
     def resolved_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` with the sections expanded to every key of their configs (defaults
@@ -148,7 +152,8 @@ class PointFlow(nn.Module):
         self.counts.fit_normalization(counts)
 
     def loss(self, batch: Mapping[str, Tensor], *, generator: torch.Generator | None = None) -> Tensor:
-        """``L_shower + count_loss_weight * L_counts`` on one batch of :func:`make_batch`."""
+        """``L_shower + count_loss_weight * L_counts`` on one batch of
+        :func:`~showerformer.data.points.make_batch`."""
         loss = self.shower.loss(batch, generator=generator)
         if self.config.count_loss_weight > 0:
             loss = loss + self.config.count_loss_weight * self.counts.loss(batch, generator=generator)
@@ -176,7 +181,7 @@ class PointFlow(nn.Module):
     def generate(
         self,
         conditions: Conditions,
-        preprocessing: Preprocessing,
+        preprocessing: PointPreprocessing,
         *,
         counts: Any = None,
         generator: torch.Generator | None = None,
@@ -196,7 +201,7 @@ class PointFlow(nn.Module):
             generator: source of randomness, on the model's device.
             steps, sampler: ODE integration of both models.
             batch_size: showers per network call, at most (calls hold showers of similar
-                size: see :func:`~showerformer.models.panshower.size_chunks`).
+                size: see :func:`~showerformer.data.batching.size_chunks`).
             geometry: attached to the returned showers.
 
         Returns:
@@ -222,7 +227,7 @@ class PointFlow(nn.Module):
                                                 generator=generator, steps=steps,
                                                 sampler=sampler))
             counts = (torch.cat(parts) if parts
-                      else torch.zeros(0, self.config.n_layers_calo, dtype=torch.long))
+                      else torch.zeros(0, self.config.n_calo_layers, dtype=torch.long))
         counts = torch.as_tensor(counts).long()
         if max_counts is not None:
             counts = torch.minimum(counts, torch.as_tensor(max_counts, dtype=counts.dtype,

@@ -233,7 +233,22 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str],
     try:
         load_model(module, str(path), strict=True, device=str(device))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:3]
+        text = str(exc)
+        if "Missing key(s)" in text or "Unexpected key(s)" in text:  # other tensor names
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                saved = set(f.keys())
+            own = set(module.state_dict())
+            missing, unexpected = sorted(own - saved), sorted(saved - own)
+            example = ", ".join([f"missing '{missing[0]}'"] * bool(missing)
+                                + [f"unexpected '{unexpected[0]}'"] * bool(unexpected))
+            family = getattr(module, "family", type(module).__name__)
+            raise InputError(f"the checkpoint was written with an older layout of the "
+                             f"'{family}' family and must be retrained ({len(missing)} tensors "
+                             f"missing, {len(unexpected)} unexpected: {example})", path=path,
+                             expected="weights of this version's layout") from None
+        first = text.strip().splitlines()[:3]
         raise InputError("weights do not match the model (" + " ".join(first)[:300] + ")",
                          path=path, expected="the tensors of the configured model") from None
     except Exception as exc:  # safetensors raises its own error types for corrupt files

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from showerformer.data.batching import epoch_permutation, split_indices
 from showerformer.errors import InputError
 
 __all__ = [
@@ -21,27 +22,12 @@ __all__ = [
     "SparseVoxelDataset",
     "TensorDictDataset",
     "densify_collate",
-    "epoch_permutation",
-    "split_indices",
+    "epoch_permutation",  # defined in showerformer.data.batching
+    "split_indices",  # defined in showerformer.data.batching
 ]
 
 
 # ---------------------------------------------------------------------------- sampling
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the ``n`` samples in ``epoch``: a function of ``(seed, epoch)`` only.
-
-    Arguments:
-        n: dataset size.
-        seed: the run's seed.
-        epoch: epoch number (0-based).
-
-    Returns:
-        ``(n,)`` int64 permutation of ``0..n-1``.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 0x5EED]))
-    return rng.permutation(int(n)).astype(np.int64)
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -98,30 +84,6 @@ class EpochBatchSampler(Sampler[list[int]]):
                 yield batch[self.rank * per:(self.rank + 1) * per].tolist()
             else:  # incomplete last batch (drop_last=False): interleave over the ranks
                 yield batch[self.rank::self.world_size].tolist()
-
-
-def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``0..n-1`` into training and validation indices (both sorted).
-
-    Arguments:
-        n: dataset size.
-        val_fraction: share of the validation part, in (0, 1).
-        seed: seed of the split.
-
-    Returns:
-        ``(train, val)`` int64 index arrays; the validation part has ``round(n * fraction)``
-        samples (at least 1).
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise InputError(f"val_fraction={val_fraction}", key="val_fraction",
-                         expected="a fraction in (0, 1)")
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise InputError(f"{n} samples cannot be split with val_fraction={val_fraction}",
-                         key="val_fraction", expected="a fraction leaving training samples")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B17]))
-    perm = rng.permutation(n)
-    return np.sort(perm[n_val:]).astype(np.int64), np.sort(perm[:n_val]).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- datasets

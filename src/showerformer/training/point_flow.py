@@ -14,6 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from showerformer.data.batching import BucketBatchSampler, size_sorted, split_indices
+from showerformer.data.points import (
+    VOXEL_FORMATS,
+    PointCloudDataset,
+    PointCollate,
+    PointPreprocessing,
+    load_point_dataset,
+)
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.showers import Conditions, PointShowers, VoxelShowers
@@ -26,15 +34,6 @@ from showerformer.training.config import (
     check_setting,
     check_val_fraction,
     load_run_config,
-)
-from showerformer.training.data import split_indices
-from showerformer.training.point_data import (
-    VOXEL_FORMATS,
-    BucketBatchSampler,
-    PointCloudDataset,
-    PointCollate,
-    load_point_dataset,
-    size_sorted,
 )
 from showerformer.training.trainer import Trainer, TrainResult, check_run_folder
 
@@ -159,7 +158,7 @@ def count_limits(ds: PointCloudDataset, n_layers: int) -> np.ndarray:
 
 
 def build_point_flow(run: RunConfig, train: PointCloudDataset) -> torch.nn.Module:
-    """The model of a run config for the training data: ``n_layers_calo`` from the geometry,
+    """The model of a run config for the training data: ``n_calo_layers`` from the geometry,
     ``particles`` default the model's four; the count model's statistics fitted on the data.
 
     Raises:
@@ -177,22 +176,21 @@ def build_point_flow(run: RunConfig, train: PointCloudDataset) -> torch.nn.Modul
     if run.family != "point-flow":
         raise InputError(f"family '{run.family}'", path=run.path, key="model.family",
                          expected="'point-flow' (PanShower with PointCountFM)")
-    overrides = dict(run.model)
     n_layers = _n_layers(train)
-    layers = overrides.setdefault("n_layers_calo", n_layers)
-    if layers != n_layers:
-        raise InputError(f"n_layers_calo={layers} but the data has {n_layers} layers",
-                         path=run.path, key="model.n_layers_calo",
-                         expected=f"{n_layers} (or leave it unset)")
     try:
+        overrides = cls.config_class.translate_legacy_keys(run.model)  # type: ignore[attr-defined]
+        layers = overrides.setdefault("n_calo_layers", n_layers)
+        if layers != n_layers:
+            raise InputError(f"n_calo_layers={layers} but the data has {n_layers} layers",
+                             key="n_calo_layers", expected=f"{n_layers} (or leave it unset)")
         config = cls.config_class.from_dict(overrides)  # type: ignore[attr-defined]
     except InputError as exc:
         raise InputError(exc.what, path=run.path, key=f"model.{exc.key}",
                          expected=exc.expected) from None
     check_particles_known(train, config.particles, run.path)
-    check_layers(train, config.n_layers_calo)
+    check_layers(train, config.n_calo_layers)
     model = cls(config)
-    model.fit_normalization(train.layer_counts(config.n_layers_calo))  # type: ignore[operator]
+    model.fit_normalization(train.layer_counts(config.n_calo_layers))  # type: ignore[operator]
     return model
 
 
@@ -200,7 +198,7 @@ def check_particles_known(ds: PointCloudDataset, particles: Sequence[int],
                           config_path: str | os.PathLike[str] | None = None) -> None:
     """Raise :class:`InputError` naming the data file and ``pdg`` when a shower's particle is
     not one of the model's ``particles``."""
-    from showerformer.models.panshower import particle_indices
+    from showerformer.data.conditions import particle_indices
 
     try:
         particle_indices(ds.conditions.pdg, tuple(particles))
@@ -267,8 +265,6 @@ def train_point_flow(
             incompatible checkpoints with ``resume``.
         OutputError: an unusable run folder, or a fresh run into a folder with checkpoints.
     """
-    from showerformer.models.panshower import Preprocessing
-
     check_val_fraction(val_fraction)
     check_max_steps(max_steps)
     _check_max_showers(max_showers)
@@ -298,11 +294,11 @@ def train_point_flow(
     mcfg = model.config  # type: ignore[attr-defined]
     if val_ds is not None:
         check_particles_known(val_ds, mcfg.particles, run.path)
-        check_layers(val_ds, mcfg.n_layers_calo)
+        check_layers(val_ds, mcfg.n_calo_layers)
     try:
-        pre = Preprocessing.fit_points(train_ds.points, train_ds.conditions.energy,
-                                       geometry=train_ds.geometry, n_layers=mcfg.n_layers_calo,
-                                       per_layer=d["per_layer"])
+        pre = PointPreprocessing.fit_points(train_ds.points, train_ds.conditions.energy,
+                                            geometry=train_ds.geometry,
+                                            n_layers=mcfg.n_calo_layers, per_layer=d["per_layer"])
     except InputError as exc:
         raise InputError(exc.what, path=data, key=exc.key, expected=exc.expected) from None
     collate = PointCollate(pre, mcfg.particles, d["pad_multiple"])
@@ -311,7 +307,7 @@ def train_point_flow(
         "geometry": None if train_ds.geometry is None else train_ds.geometry.to_dict(),
         "source_format": train_ds.source_format,
         "conditions": _condition_summary(train_ds.conditions),
-        "count_limits": count_limits(train_ds, mcfg.n_layers_calo).tolist(),
+        "count_limits": count_limits(train_ds, mcfg.n_calo_layers).tolist(),
         "data": {"train": str(data), "val": None if val_data is None else str(val_data),
                  "val_fraction": None if val_data is not None else val_fraction,
                  "n_train": len(train_ds), "n_val": 0 if val_ds is None else len(val_ds),
@@ -372,13 +368,12 @@ def load_point_flow(checkpoint: str | os.PathLike[str], *, device: str = "auto",
         which: ``"last"`` or ``"best"`` for a run folder.
 
     Returns:
-        ``(model in eval mode, Preprocessing, checkpoint info)``.
+        ``(model in eval mode, PointPreprocessing, checkpoint info)``.
 
     Raises:
         InputError: another family's checkpoint (checked before the model is built), or
             damaged metadata, naming ``checkpoint.json`` and the key.
     """
-    from showerformer.models.panshower import Preprocessing
     from showerformer.training.checkpoint import (
         CHECKPOINT_JSON,
         load_checkpoint,
@@ -401,7 +396,7 @@ def load_point_flow(checkpoint: str | os.PathLike[str], *, device: str = "auto",
         raise InputError("no preprocessing stored", path=jpath, key="preprocessing",
                          expected="the dict written by train_point_flow")
     try:
-        pre = Preprocessing.from_dict(raw)
+        pre = PointPreprocessing.from_dict(raw)
     except InputError as exc:
         raise InputError(exc.what, path=jpath, key=f"preprocessing.{exc.key}",
                          expected=exc.expected) from None
@@ -409,7 +404,7 @@ def load_point_flow(checkpoint: str | os.PathLike[str], *, device: str = "auto",
         raise InputError(f"unreadable preprocessing ({type(exc).__name__})", path=jpath,
                          key="preprocessing", expected="the dict written by train_point_flow"
                          ) from None
-    _check_generator_metadata(info, model.config.n_layers_calo, jpath)
+    _check_generator_metadata(info, model.config.n_calo_layers, jpath)
     return model, pre, info
 
 
