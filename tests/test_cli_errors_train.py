@@ -24,8 +24,8 @@ from training_helpers import (
 )
 
 from showerformer.simulation import simulate_to_file
-from showerformer.training.point_flow import train_point_flow
 from showerformer.training.regressor import train_regressor
+from showerformer.training.run import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +81,7 @@ def area(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     a["reg_run"] = root / "reg_run"
     train_regressor(a["cube"], reg, a["reg_run"], progress=False)
     a["pf_run"] = root / "pf_run"
-    train_point_flow(a["multi"], pf, a["pf_run"], progress=False)
+    train(pf, a["multi"], a["pf_run"], progress=False)
     return a
 
 
@@ -427,11 +427,11 @@ SAMPLE_CASES = [
          lambda c: ("checkpoint.json", "model_config.shower.d_model", "integer"),
          _edit_checkpoint(lambda d: d["model_config"]["shower"].update(d_model="32"))),
     Case("damaged count limits", lambda c: _sample(c),
-         lambda c: ("checkpoint.json", "metadata.count_limits"),
-         _edit_checkpoint(lambda d: d["metadata"].update(count_limits=[1, 2]))),
+         lambda c: ("checkpoint.json", "preprocessing.count_limits"),
+         _edit_checkpoint(lambda d: d["preprocessing"].update(count_limits=[1, 2]))),
     Case("damaged energy range", lambda c: _sample(c),
-         lambda c: ("checkpoint.json", "metadata.conditions.energy_mev"),
-         _edit_checkpoint(lambda d: d["metadata"]["conditions"].update(energy_mev="lots"))),
+         lambda c: ("checkpoint.json", "preprocessing.conditions.energy_mev"),
+         _edit_checkpoint(lambda d: d["preprocessing"]["conditions"].update(energy_mev="lots"))),
     Case("disk full", lambda c: _sample(c), lambda c: ("earlier.h5", "disk became full"),
          _full_writer),
 ]

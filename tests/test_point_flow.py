@@ -18,18 +18,12 @@ from showerformer.data.points import (
     load_point_dataset,
 )
 from showerformer.errors import InputError
+from showerformer.generation import load_generator, parse_energy, sample_conditions, sample_file
 from showerformer.io import read_calochallenge, read_showers
-from showerformer.models.point_flow import PointFlow, PointFlowConfig
+from showerformer.models.point_flow import PointFlow, PointFlowConfig, count_limits
 from showerformer.simulation import simulate_to_file
 from showerformer.training import checkpoint as ckpt
-from showerformer.training.point_flow import (
-    count_limits,
-    load_point_flow,
-    parse_energy,
-    sample_conditions,
-    sample_point_flow,
-    train_point_flow,
-)
+from showerformer.training.run import train
 
 TINY = {
     "model": {"family": "point-flow", "shower": {"d_model": 32, "n_heads": 2, "n_blocks": 2},
@@ -144,25 +138,23 @@ def test_config_sections_are_checked() -> None:
 
 
 def test_train_resume_and_sample(files: dict[str, Path], tmp_path: Path) -> None:
-    full = train_point_flow(files["multi"], TINY, tmp_path / "full", progress=False)
+    full = train(TINY, files["multi"], tmp_path / "full", progress=False)
     assert full.step == 6 and full.best_val_loss is not None and np.isfinite(full.best_val_loss)
-    part = train_point_flow(files["multi"], TINY, tmp_path / "part", progress=False,
-                            stop_at_step=3)
+    part = train(TINY, files["multi"], tmp_path / "part", progress=False, stop_at_step=3)
     assert part.interrupted and part.step == 3
-    resumed = train_point_flow(files["multi"], TINY, tmp_path / "part", progress=False,
-                               resume=True)
+    resumed = train(TINY, files["multi"], tmp_path / "part", progress=False, resume=True)
     assert resumed.step == 6
     a = ckpt.load_checkpoint(tmp_path / "full", ema=False)[0].state_dict()
     b = ckpt.load_checkpoint(tmp_path / "part", ema=False)[0].state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    _model, _pre, info = load_point_flow(tmp_path / "full", device="cpu")
-    meta = info["metadata"]
+    model, info = load_generator(tmp_path / "full", device="cpu")
+    meta = model.data_state()
     assert meta["source_format"] == "pointcloud" and len(meta["count_limits"]) == 64
-    assert info["weights"] == "ema"
-    assert Preprocessing.from_dict(info["preprocessing"]).n_layers == 64
+    assert info["weights"] == "ema" and model.preprocessing.n_layers == 64
+    assert Preprocessing.from_dict(info["preprocessing"]["points"]).n_layers == 64
 
-    s = sample_point_flow(tmp_path / "full", tmp_path / "gen.h5", n=12, particle="gamma,pi+",
+    s = sample_file(tmp_path / "full", tmp_path / "gen.h5", n=12, particle="gamma,pi+",
                           energy="2-10", seed=1, steps=2, progress=False)
     gen = read_showers(s["path"])
     assert s["format"] == "pointcloud" and len(gen) == 12
@@ -171,7 +163,7 @@ def test_train_resume_and_sample(files: dict[str, Path], tmp_path: Path) -> None
     limits = np.asarray(meta["count_limits"])
     counts = np.stack([np.bincount(p[:, 4].astype(int), minlength=64) for p in gen.to_ragged()])
     assert (counts <= limits).all()
-    again = sample_point_flow(tmp_path / "full", tmp_path / "gen2.h5", n=12, particle="gamma,pi+",
+    again = sample_file(tmp_path / "full", tmp_path / "gen2.h5", n=12, particle="gamma,pi+",
                               energy="2-10", seed=1, steps=2, progress=False)
     np.testing.assert_array_equal(read_showers(again["path"]).points, gen.points)
 
@@ -179,18 +171,18 @@ def test_train_resume_and_sample(files: dict[str, Path], tmp_path: Path) -> None
 def test_voxel_trained_model_writes_calochallenge(files: dict[str, Path], tmp_path: Path) -> None:
     cfg = json.loads(json.dumps(TINY))
     cfg["train"]["max_steps"] = 2
-    res = train_point_flow(files["ds2"], cfg, tmp_path / "run", progress=False)
-    _model, _pre, info = load_point_flow(res.out_dir)
-    assert info["metadata"]["source_format"] == "calochallenge"
+    res = train(cfg, files["ds2"], tmp_path / "run", progress=False)
+    model, _info = load_generator(res.out_dir)
+    assert model.data_state()["source_format"] == "calochallenge"
     # one point per cell at most
-    assert info["metadata"]["count_limits"] == [144] * 45
-    s = sample_point_flow(res.out_dir, tmp_path / "gen.h5", n=5, steps=2, progress=False)
+    assert model.data_state()["count_limits"] == [144] * 45
+    s = sample_file(res.out_dir, tmp_path / "gen.h5", n=5, steps=2, progress=False)
     assert s["format"] == "calochallenge"
     vox = read_calochallenge(s["path"])
     assert vox.energies.shape == (5, 6480) and vox.geometry.n_layers == 45
     assert np.isfinite(vox.energies).all() and (vox.energies.sum(axis=1) > 0).all()
     with pytest.raises(InputError, match="particle"):
-        sample_point_flow(res.out_dir, tmp_path / "x.h5", n=2, particle="pi+", progress=False)
+        sample_file(res.out_dir, tmp_path / "x.h5", n=2, particle="pi+", progress=False)
     assert count_limits(load_point_dataset(files["ds2"]), 45).tolist() == [144] * 45
 
 
@@ -199,9 +191,7 @@ def test_conditions_parsing() -> None:
     assert spec.kind == "log-uniform" and spec.values == (1000.0, 1_000_000.0)
     assert parse_energy("50").kind == "fixed"
     assert parse_energy("1-1000", "uniform").kind == "uniform"
-    info = {"model_config": {"particles": [11, 22]},
-            "metadata": {"conditions": {"pdg": [22], "energy_mev": [1e3, 2e3],
-                                        "theta": [1.0, 1.0], "phi": [0.5, 0.7]}}}
+    info = {"pdg": [22], "energy_mev": [1e3, 2e3], "theta": [1.0, 1.0], "phi": [0.5, 0.7]}
     c = sample_conditions(info, 100, seed=0)
     assert set(c.pdg) == {22} and c.energy.min() >= 1e3 and c.energy.max() <= 2e3
     assert np.all(c.theta == np.float32(1.0)) and 0.5 <= c.phi.min() and c.phi.max() <= 0.7
@@ -255,8 +245,8 @@ def test_generated_energy_outliers_are_clipped(files: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("theta", ["3", "177", "200", "-10", "10:179"])
 def test_theta_limits_are_the_simulators(theta: str) -> None:
+    from showerformer.generation import parse_theta
     from showerformer.simulation import Simulator
-    from showerformer.training.point_flow import parse_theta
 
     with pytest.raises(InputError, match="theta"):
         Simulator("ds2", theta=theta)
@@ -265,8 +255,8 @@ def test_theta_limits_are_the_simulators(theta: str) -> None:
 
 
 def test_sample_options_are_checked() -> None:
+    from showerformer.generation import check_sample_options, parse_theta
     from showerformer.simulation import Simulator
-    from showerformer.training.point_flow import check_sample_options, parse_theta
 
     Simulator("ds2", theta="5:175")  # accepted by both
     lo, hi = parse_theta("5:175", (1.0, 1.0))
@@ -287,9 +277,7 @@ def test_sample_options_are_checked() -> None:
 
 
 def test_sample_conditions_stay_in_the_training_range() -> None:
-    info = {"model_config": {"particles": [22]},
-            "metadata": {"conditions": {"pdg": [22], "energy_mev": [1e3, 2e3],
-                                        "theta": [1.0, 1.0], "phi": [0.5, 0.7]}}}
+    info = {"pdg": [22], "energy_mev": [1e3, 2e3], "theta": [1.0, 1.0], "phi": [0.5, 0.7]}
     c = sample_conditions(info, 50, energy="2.1")  # within the 10 % margin
     assert np.allclose(c.energy, 2100.0)
     with pytest.raises(InputError, match=r"key '--energy'.*outside the training range 1-2 GeV"):
@@ -302,7 +290,7 @@ def test_sample_conditions_stay_in_the_training_range() -> None:
 
 
 def test_point_data_checks(files: dict[str, Path], tmp_path: Path) -> None:
-    from showerformer.training.point_flow import check_layers, check_particles_known
+    from showerformer.models.point_flow import check_layers, check_particles_known
 
     with pytest.raises(InputError, match="max_showers"):
         load_point_dataset(files["multi"], max_showers=0)
@@ -311,14 +299,15 @@ def test_point_data_checks(files: dict[str, Path], tmp_path: Path) -> None:
     check_layers(ds, 64)
     with pytest.raises(InputError, match=r"multi.h5, key 'layer'.*0..9"):
         check_layers(ds, 10)
-    with pytest.raises(InputError, match=r"multi.h5, key 'pdg'.*run.yaml"):
-        check_particles_known(ds, (22,), "run.yaml")
+    with pytest.raises(InputError, match=r"multi.h5, key 'pdg'.*model.particles"):
+        check_particles_known(ds, (22,))
     cfg = json.loads(json.dumps(TINY))
     cfg["data"]["pad_multiple"] = 0
     with pytest.raises(InputError, match=r"key 'data.pad_multiple'"):
-        train_point_flow(files["multi"], cfg, tmp_path / "run", progress=False)
-    with pytest.raises(InputError, match=r"key '--layer-window'"):
-        train_point_flow(files["multi"], TINY, tmp_path / "run", layer_window=-2, progress=False)
+        train(cfg, files["multi"], tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match=r"key 'model.shower.layer_window'"):
+        train(TINY, files["multi"], tmp_path / "run", overrides=["model.shower.layer_window=-2"],
+              progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -326,10 +315,9 @@ def test_generate_checks_its_arguments_first() -> None:
     model = PointFlow(PointFlowConfig(n_calo_layers=3, shower={"d_model": 8, "n_heads": 1,
                                                                "n_blocks": 1},
                                       counts={"d_model": 8, "n_blocks": 1}))
-    ds_conditions = sample_conditions({"model_config": {"particles": [11]},
-                                       "metadata": {}}, 2)
+    ds_conditions = sample_conditions({"pdg": [11]}, 2)
     for kw, key in (({"batch_size": 0}, "batch_size"), ({"steps": 0}, "steps"),
-                    ({"sampler": "rk4"}, "sampler")):
+                    ({"sampler": "rk4"}, "sampler"), ({}, "preprocessing")):
         with pytest.raises(InputError) as info:
-            model.generate(ds_conditions, None, **kw)  # type: ignore[arg-type]
+            model.generate(ds_conditions, **kw)  # type: ignore[arg-type]
         assert info.value.key == key

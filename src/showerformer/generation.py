@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,11 +15,19 @@ import torch
 
 from showerformer.errors import InputError
 from showerformer.showers import Conditions, PointShowers, VoxelShowers
+from showerformer.training.config import check_count
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "check_sample_options",
+    "check_spectrum",
     "generate",
     "load_generator",
+    "parse_energy",
+    "parse_particles",
+    "parse_phi",
+    "parse_theta",
+    "sample_conditions",
     "sample_file",
     "trained_conditions",
 ]
@@ -26,6 +36,220 @@ OUTPUT_FORMATS = ("auto", "calochallenge", "pointcloud")
 """``--format`` of ``showerformer sample``: auto = voxels for a model trained on voxels."""
 
 _VOXEL_FORMATS = ("calochallenge", "par04", "sparse-voxels")
+
+
+# ---------------------------------------------------------------------------- conditions
+
+_RANGE_DASH = re.compile(r"^\s*([0-9.eE+]+)\s*-\s*([0-9.eE+]+)\s*$")
+_ENERGY_MARGIN = 1.1
+"""Requested energies may exceed the training range by this factor (10 %) at either end."""
+
+
+def _rekey(exc: InputError, key: str) -> InputError:
+    return InputError(exc.what, key=key, expected=exc.expected)
+
+
+def parse_energy(text: str, spectrum: str | None = None) -> Any:
+    """``"50"``, ``"1-1000"`` / ``"1:1000"`` (log-uniform by default) or ``"64,128,256"`` GeV
+    -> a :class:`~showerformer.incident.Spectrum` in MeV.
+
+    Raises:
+        InputError: text that does not parse, non-positive energies or an unknown spectrum,
+            naming ``--energy`` or ``--spectrum``.
+    """
+    from showerformer.incident import Spectrum
+
+    m = _RANGE_DASH.match(str(text))
+    if m and not str(text).strip().lower().endswith(("e-", "e+")):
+        text = f"{m.group(1)}:{m.group(2)}"
+    check_spectrum(spectrum)
+    try:
+        return Spectrum.parse(text, spectrum)
+    except InputError as exc:
+        raise _rekey(exc, "--spectrum" if exc.key == "spectrum" else "--energy") from None
+
+
+def check_spectrum(spectrum: str | None) -> None:
+    """Raise :class:`InputError` naming ``--spectrum`` unless None or a known kind."""
+    from showerformer.incident import SPECTRUM_KINDS
+
+    if spectrum is not None and spectrum not in SPECTRUM_KINDS:
+        raise InputError(f"unknown spectrum {spectrum!r}", key="--spectrum",
+                         expected=" or ".join(SPECTRUM_KINDS))
+
+
+def _spectrum_of_training_range(spectrum: str | None) -> str:
+    """The spectrum kind over the training range when ``--energy`` is not given: uniform or
+    log-uniform (the default); fixed and discrete need ``--energy``."""
+    check_spectrum(spectrum)
+    if spectrum in ("fixed", "discrete"):
+        raise InputError(f"--spectrum {spectrum} without --energy", key="--spectrum",
+                         expected="uniform or log-uniform over the training range, or "
+                                  "--energy with the values")
+    return spectrum or "log-uniform"
+
+
+def parse_particles(particle: str | Sequence[str | int]) -> list[int]:
+    """PDG ids of ``"e-,gamma"``, ``"211"`` or a list of names / ids.
+
+    Raises:
+        InputError: an empty list or a particle the simulator does not know, naming
+            ``--particle``.
+    """
+    from showerformer.incident import get_particle
+
+    names = particle.split(",") if isinstance(particle, str) else list(particle)
+    pdgs = []
+    for name in names:
+        name = str(name).strip()
+        if not name:
+            raise InputError(f"empty particle name in {particle!r}", key="--particle",
+                             expected="comma-separated names or PDG ids, e.g. 'e-,gamma'")
+        try:
+            pdgs.append(get_particle(int(name) if name.lstrip("-").isdigit() else name).pdg)
+        except InputError as exc:
+            raise _rekey(exc, "--particle") from None
+    return pdgs
+
+
+def parse_theta(text: str | None, default: tuple[float, float]) -> tuple[float, float]:
+    """A polar angle or range in degrees (``"90"``, ``"70:90"``) -> radians, within the limits
+    that ``showerformer simulate`` accepts (4-176 deg).
+
+    Raises:
+        InputError: naming ``--theta``.
+    """
+    from showerformer.incident import parse_theta as parse_polar_angle
+
+    return parse_polar_angle(text, default, key="--theta")
+
+
+def parse_phi(text: str | None, default: tuple[float, float]) -> tuple[float, float]:
+    """An azimuth or range in degrees -> radians, within -360..360 deg.
+
+    Raises:
+        InputError: naming ``--phi``.
+    """
+    from showerformer.incident import parse_angle
+
+    try:
+        lo, hi = parse_angle(text, default)
+    except InputError as exc:
+        raise _rekey(exc, "--phi") from None
+    if text is not None and not (-2 * math.pi <= lo and hi <= 2 * math.pi):
+        raise InputError(f"phi {text!r} deg", key="--phi", expected="angles within -360..360 deg")
+    return lo, hi
+
+
+def check_sample_options(*, n: int, particle: str | None = None, energy: str | None = None,
+                         spectrum: str | None = None, theta: str | None = None,
+                         phi: str | None = None, format: str = "auto", seed: int = 0,
+                         steps: int | None = None, sampler: str | None = None,
+                         batch_size: int = 256) -> None:
+    """Check the options of ``showerformer sample`` that need no checkpoint, before any work.
+
+    Raises:
+        InputError: naming the option (``--n``, ``--steps``, ``--sampler``, ...).
+    """
+    from showerformer.samplers import get_sampler
+
+    check_count(n, "--n", "at least one shower")
+    check_count(batch_size, "--batch-size", "a positive number of showers per network call")
+    if steps is not None:
+        check_count(steps, "--steps", "at least one ODE step")
+    check_count(seed, "--seed", "an integer >= 0", minimum=0)
+    if sampler is not None:
+        try:
+            get_sampler(sampler)
+        except InputError as exc:
+            raise _rekey(exc, "--sampler") from None
+    if format not in OUTPUT_FORMATS:
+        raise InputError(f"format {format!r}", key="--format",
+                         expected=" or ".join(OUTPUT_FORMATS))
+    check_spectrum(spectrum)
+    if energy is None:
+        _spectrum_of_training_range(spectrum)
+    else:
+        parse_energy(energy, spectrum)
+    if particle is not None:
+        parse_particles(particle)
+    parse_theta(theta, (math.pi / 2, math.pi / 2))
+    parse_phi(phi, (0.0, 0.0))
+
+
+def sample_conditions(
+    trained: Mapping[str, Any],
+    n: int,
+    *,
+    particle: str | Sequence[str] | None = None,
+    energy: str | None = None,
+    spectrum: str | None = None,
+    theta: str | None = None,
+    phi: str | None = None,
+    seed: int = 0,
+) -> Conditions:
+    """Incident particles to generate, defaulting to what the model was trained on.
+
+    Arguments:
+        trained: the training range of the model (:func:`trained_conditions`: ``pdg``,
+            ``energy_mev``, ``theta``, ``phi``); missing entries: any particle, 1-100 GeV,
+            normal incidence.
+        n: number of showers.
+        particle: names or PDG ids (``"e-"``, ``"e-,gamma"``, ``"211"``); default: the
+            training particles; several are drawn with equal probability.
+        energy: GeV specification (see :func:`parse_energy`), within the training range (10 %
+            margin); default: the training range.
+        spectrum: ``fixed``, ``uniform``, ``log-uniform`` or ``discrete`` (default from the
+            form of ``energy``; without ``energy`` uniform or log-uniform over the training
+            range, log-uniform by default).
+        theta, phi: degrees, ``"90"`` or ``"70:90"`` (uniform); default: the training range.
+        seed: seed of the draws.
+
+    Returns:
+        :class:`Conditions` of ``n`` showers.
+
+    Raises:
+        InputError: a bad value or one the model was not trained for, naming the option
+            (``--particle``, ``--energy``, ...).
+    """
+    from showerformer.incident import Spectrum
+
+    n = check_count(n, "--n", "at least one shower")
+    seed = check_count(seed, "--seed", "an integer >= 0", minimum=0)
+    trained = dict(trained)
+    known = [int(p) for p in trained.get("pdg") or []]
+    pdgs = known if particle is None else parse_particles(particle)
+    unknown = [p for p in pdgs if known and p not in known]
+    if unknown or not pdgs:
+        raise InputError(f"particle {unknown[0] if unknown else 'list empty'}", key="--particle",
+                         expected="a particle the model was trained on (PDG "
+                         + ", ".join(str(p) for p in known) + ")")
+    lo, hi = (float(x) for x in trained.get("energy_mev") or (1000.0, 100_000.0))
+    if energy is None:
+        spec = Spectrum(_spectrum_of_training_range(spectrum), (lo, hi))
+    else:
+        spec = parse_energy(energy, spectrum)
+        if trained.get("energy_mev") and (min(spec.values) < lo / _ENERGY_MARGIN
+                                          or max(spec.values) > hi * _ENERGY_MARGIN):
+            raise InputError(f"{energy!r} GeV lies outside the training range "
+                             f"{lo / 1e3:.4g}-{hi / 1e3:.4g} GeV", key="--energy",
+                             expected="energies within the training range (10 % margin)")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xC0D5]))
+    e = spec.sample(n, rng)
+    species = np.asarray(pdgs, dtype=np.int32)[rng.integers(0, len(pdgs), n)]
+
+    def trained_range(key: str, default: float) -> tuple[float, float]:
+        lo_hi = trained.get(key) or [default, default]
+        return float(lo_hi[0]), float(lo_hi[1])
+
+    th_lo, th_hi = parse_theta(theta, trained_range("theta", math.pi / 2))
+    ph_lo, ph_hi = parse_phi(phi, trained_range("phi", 0.0))
+    th = rng.uniform(th_lo, th_hi, n) if th_hi > th_lo else np.full(n, th_lo)
+    ph = rng.uniform(ph_lo, ph_hi, n) if ph_hi > ph_lo else np.full(n, ph_lo)
+    return Conditions(e, species, th, ph)
+
+
+# ---------------------------------------------------------------------------- generators
 
 
 def load_generator(checkpoint: str | os.PathLike[str], *, device: str = "auto",
@@ -170,7 +394,7 @@ def sample_file(
         checkpoint: checkpoint or run folder.
         out: output HDF5 file (written atomically).
         n, particle, energy, spectrum, theta, phi, seed: the incident particles (see
-            :func:`~showerformer.training.point_flow.sample_conditions`); by default what the
+            :func:`sample_conditions`); by default what the
             model was trained on.
         format: ``"calochallenge"`` (voxels of the training geometry), ``"pointcloud"`` or
             ``"auto"`` (CaloChallenge when the model was trained on voxels or makes voxels).
@@ -194,12 +418,12 @@ def sample_file(
     from showerformer._paths import check_output_file, disk_full_error
     from showerformer.io import write_calochallenge, write_pointcloud
     from showerformer.training.config import check_device
-    from showerformer.training.point_flow import check_sample_options, sample_conditions
 
     check_sample_options(n=n, particle=particle, energy=energy, spectrum=spectrum, theta=theta,
                          phi=phi, format=format, seed=seed, steps=steps,
                          sampler=options.get("sampler"),
-                         batch_size=options.get("batch_size") or 1)
+                         batch_size=256 if options.get("batch_size") is None
+                         else options["batch_size"])
     check_device(device)
     path = check_output_file(out, option="--out")
     model, info = load_generator(checkpoint, device=device, ema=ema, which=which)
@@ -208,9 +432,9 @@ def sample_file(
     if format == "auto":
         format = ("calochallenge" if state.get("source_format") in _VOXEL_FORMATS
                   else "pointcloud")
-    conditions = sample_conditions({"metadata": {"conditions": trained_conditions(model)}}, n,
-                                   particle=particle, energy=energy, spectrum=spectrum,
-                                   theta=theta, phi=phi, seed=seed)
+    conditions = sample_conditions(trained_conditions(model), n, particle=particle,
+                                   energy=energy, spectrum=spectrum, theta=theta, phi=phi,
+                                   seed=seed)
     t0 = time.perf_counter()
     showers = generate(model, conditions, seed=seed, steps=steps, progress=progress, **options)
     seconds = time.perf_counter() - t0

@@ -63,8 +63,6 @@ def _peak_rss_gib() -> float:
 
 def measure_sampling(
     model: Any,
-    preprocessing: Any,
-    info: Mapping[str, Any],
     conditions: Any,
     batch_sizes: Sequence[int] = (1, 100),
     *,
@@ -77,7 +75,7 @@ def measure_sampling(
     """Sampling time per shower (count model + shower model + inverse preprocessing).
 
     Arguments:
-        model, preprocessing, info: from :func:`~showerformer.training.point_flow.load_point_flow`.
+        model: a generator from :func:`~showerformer.generation.load_generator`.
         conditions: incident particles to draw from (cycled when too few).
         batch_sizes: showers per request.
         seed: noise seed.
@@ -92,14 +90,14 @@ def measure_sampling(
         before the request: the request needed the difference), ``memory_kind``,
         ``mean_points``.
     """
-    from showerformer.training.point_flow import generate_showers
+    from showerformer.generation import generate
 
     device = next(model.parameters()).device
     rows = []
     n_cond = len(conditions)
     # warm up (allocations, FlexAttention compilation on GPUs)
-    generate_showers(model, preprocessing, info, conditions[np.arange(min(4, n_cond))],
-                     seed=seed, steps=steps, sampler=sampler)
+    generate(model, conditions[np.arange(min(4, n_cond))], seed=seed, steps=steps,
+             sampler=sampler)
     for b in batch_sizes:
         idx = np.arange(b) % n_cond
         cond = conditions[idx]
@@ -114,8 +112,8 @@ def measure_sampling(
         reps = repeats_at_1 if b == 1 else 1
         t0 = time.perf_counter()
         for r in range(reps):
-            showers = generate_showers(model, preprocessing, info, cond, seed=seed + r,
-                                       steps=steps, sampler=sampler, batch_size=chunk)
+            showers = generate(model, cond, seed=seed + r, steps=steps, sampler=sampler,
+                               batch_size=chunk)
         if device.type == "cuda":
             torch.cuda.synchronize()
             peak, kind = torch.cuda.max_memory_allocated() / 1024**3, "cuda allocator peak"
@@ -184,21 +182,22 @@ def _probe_step_seconds(data: Path, run: Mapping[str, Any], out: Path, steps: in
     from scipy.optimize import nnls
 
     from showerformer.data.batching import split_indices
-    from showerformer.training.point_flow import point_flow_datasets, train_point_flow
+    from showerformer.training.datasets import point_datasets
+    from showerformer.training.run import train
 
     raw = {k: dict(v) for k, v in run.items()}
     raw["train"].update(max_steps=steps, epochs=None, log_every=1, checkpoint_every=None,
                         tensorboard=False, warmup_steps=0)
     raw["data"]["val_fraction"] = 0.0  # no validation pass in the timing run
-    res = train_point_flow(data, raw, out, max_steps=steps, device=device, progress=False,
-                           overwrite=True)
+    res = train(raw, data, out, max_steps=steps, device=device, progress=False,
+                overwrite=True)
     t, d = raw["train"], raw["data"]
     batch, seed = int(t.get("batch_size", 32)), int(t.get("seed", 0))
     bucket, pad = int(d.get("bucket_batches", 32)), int(d.get("pad_multiple", 1))
     rows = [r for r in res.history if r.get("samples_per_s")]
     seconds = np.array([batch / r["samples_per_s"] for r in rows])
     threshold = None if d.get("threshold") is None else float(d["threshold"])
-    full, _ = point_flow_datasets(data, val_fraction=0.0, seed=seed, threshold=threshold)
+    full, _ = point_datasets(data, val_fraction=0.0, seed=seed, threshold=threshold)
     sizes = full.sizes
     probe_shapes = _batch_shapes(sizes, batch, bucket, pad, seed, len(seconds))[: len(seconds)]
     val_fraction = float(run["data"].get("val_fraction") or 0.0)
@@ -278,13 +277,10 @@ def run_point_flow_benchmark(
         say: progress messages.
     """
     from showerformer.benchmark.regression import default_config_path
+    from showerformer.generation import generate, load_generator
     from showerformer.io import read_showers
     from showerformer.training.config import load_yaml
-    from showerformer.training.point_flow import (
-        generate_showers,
-        load_point_flow,
-        train_point_flow,
-    )
+    from showerformer.training.run import train
 
     say = say or (lambda _m: None)
     out = Path(out_dir)
@@ -318,17 +314,17 @@ def run_point_flow_benchmark(
         say(f"{name}: training {total:,} steps (~{step_s:.2f} s each) in a "
             f"{budget_minutes:g}-minute budget")
         t0 = time.perf_counter()
-        res = train_point_flow(train_file, run, out / f"{name}_run", device=device,
-                               progress=True, overwrite=True)
+        res = train(run, train_file, out / f"{name}_run", device=device, progress=True,
+                    overwrite=True)
         train_s = time.perf_counter() - t0
-        model, pre, info = load_point_flow(res.out_dir, device=device or "auto")
+        model, _ = load_generator(res.out_dir, device=device or "auto")
         params = model.n_parameters()
         test = read_showers(test_file)
         cond = test.conditions
         say(f"{name}: generating {len(cond):,} showers")
         t0 = time.perf_counter()
-        gen = generate_showers(model, pre, info, cond, seed=seed + 7, steps=steps,
-                               sampler=sampler, progress=True)
+        gen = generate(model, cond, seed=seed + 7, steps=steps, sampler=sampler,
+                       progress=True)
         gen_s = time.perf_counter() - t0
         row: dict[str, Any] = {
             "config": str(cfg_path), "steps": res.step, "epochs": res.epoch,
@@ -364,7 +360,7 @@ def run_point_flow_benchmark(
             batches = list(speed_batches) if speed_batches else (
                 [1, 100, 10_000] if next(model.parameters()).device.type == "cuda" else [1, 100])
             say(f"{name}: sampling speed at batch sizes {batches}")
-            row["speed"] = measure_sampling(model, pre, info, cond, batches, seed=seed,
+            row["speed"] = measure_sampling(model, cond, batches, seed=seed,
                                             steps=steps, sampler=sampler)
         summary["datasets"][name] = row
         _write(out / "summary.json", summary)

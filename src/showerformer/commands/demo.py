@@ -118,23 +118,19 @@ def demo(
     say(regression_verdict(summary))
     step("6. generate: a small PanShower + PointCountFM on ds2-like electrons, 1-5 GeV")
     from showerformer.benchmark.regression import default_config_path
-    from showerformer.training.point_flow import (
-        generate_showers,
-        load_point_flow,
-        train_point_flow,
-    )
+    from showerformer.generation import generate, load_generator
+    from showerformer.training.run import train
 
     flow_train, flow_test = out / "flow_train.h5", out / "flow_heldout.h5"
     simulate_to_file(flow_train, "ds2", n=n_flow, seed=seed + 2000, energy="1:5",
                      progress=False)
     simulate_to_file(flow_test, "ds2", n=400, seed=seed + 3000, energy="1:5", progress=False)
-    run = train_point_flow(flow_train, default_config_path("point_flow_demo"), out / "flow_run",
-                           max_steps=flow_steps, device="cpu", overwrite=True)
-    model, pre, run_info = load_point_flow(run.out_dir, device="cpu")
+    run = train(default_config_path("point_flow_demo"), flow_train, out / "flow_run",
+                max_steps=flow_steps, device="cpu", overwrite=True)
+    model, _ = load_generator(run.out_dir, device="cpu")
     held_out = read_showers(flow_test)
     t1 = time.perf_counter()
-    points = generate_showers(model, pre, run_info, held_out.conditions, seed=seed,
-                              progress=True)
+    points = generate(model, held_out.conditions, seed=seed, progress=True)
     ms = 1e3 * (time.perf_counter() - t1) / len(held_out)
     outside = points.describe_outside()  # generated points in no cell are left out, and said so
     generated = points.to_voxels(outside="drop")

@@ -100,16 +100,28 @@ def point_flow(
 ) -> None:
     """Train the point-cloud generator: PanShower (flow matching over points) with PointCountFM.
 
-    One model for every particle type in the data. Under torchrun the global batch is split
-    over the processes; rank 0 writes the logs and checkpoints.
+    One model for every particle type in the data. An alias of 'showerformer train' that
+    refuses other families; --layer-window K is --set model.shower.layer_window=K and
+    --max-showers N is --set data.max_showers=N.
     """
-    from showerformer.training.point_flow import train_point_flow
+    from showerformer.errors import InputError
+    from showerformer.training.config import check_count, load_run_config
+    from showerformer.training.run import train as train_family
 
-    result = train_point_flow(data, config, out, val_data=val_data, val_fraction=val_fraction,
-                              resume=resume, overwrite=overwrite, max_steps=max_steps,
-                              max_showers=max_showers,
-                              layer_window=_layer_window(layer_window), device=device,
-                              progress=progress)
+    overrides = []
+    window = _layer_window(layer_window)
+    if window is not None:
+        overrides.append(f"model.shower.layer_window={'null' if window < 0 else window}")
+    if max_showers is not None:
+        check_count(max_showers, "--max-showers", "a positive number of showers")
+        overrides.append(f"data.max_showers={max_showers}")
+    run = load_run_config(config, overrides=overrides)
+    if run.family != "point-flow":
+        raise InputError(f"family '{run.family}'", path=run.path, key="model.family",
+                         expected="'point-flow' (PanShower with PointCountFM)")
+    result = train_family(config, data, out, overrides=overrides, val_data=val_data,
+                          val_fraction=val_fraction, resume=resume, overwrite=overwrite,
+                          max_steps=max_steps, device=device, progress=progress)
     _report(result)
 
 
@@ -131,7 +143,8 @@ def _layer_window(text: str | None) -> int | None:
 
 def sample(
     checkpoint: Annotated[Path, typer.Argument(
-        help="Point-flow checkpoint folder, or a run folder (its last checkpoint).")],
+        help="Checkpoint folder of any generator family, or a run folder (its last "
+             "checkpoint).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 file.")
                    ] = Path("generated.h5"),
     n: Annotated[int, typer.Option("--n", "-n", help="Number of showers.")] = 1000,
@@ -152,12 +165,14 @@ def sample(
     fmt: Annotated[str, typer.Option(
         "--format", help="calochallenge (voxelized through the training geometry), "
                          "pointcloud, or auto (voxels when trained on voxels).")] = "auto",
-    steps: Annotated[int | None, typer.Option("--steps", help="ODE steps (default 16).")
-                     ] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", help="Network evaluations of the family's sampler (point-flow: ODE steps, "
+                        "default 16).")] = None,
     sampler: Annotated[str | None, typer.Option(
-        "--sampler", help="midpoint (default), heun or euler.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Showers per network call.")
-                          ] = 256,
+        "--sampler", help="The family's sampler (point-flow: midpoint (default), heun or "
+                          "euler).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Showers per network call (default: the family's).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of conditions and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
                       ] = "auto",
@@ -165,16 +180,17 @@ def sample(
         "--best", help="With a run folder: the best-validation checkpoint.")] = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights.")] = False,
 ) -> None:
-    """Generate showers with a trained point-flow model (counts per layer, then points)."""
-    from showerformer.training.point_flow import sample_point_flow
+    """Generate showers with a trained generator of any family (the checkpoint names it)."""
+    from showerformer.generation import sample_file
 
-    s = sample_point_flow(checkpoint, out, n=n, particle=particle, energy=energy,
-                          spectrum=spectrum, theta=theta, phi=phi, format=fmt, seed=seed,
-                          steps=steps, sampler=sampler, batch_size=batch_size, device=device,
-                          ema=not no_ema, which="best" if best else "last")
-    typer.echo(f"wrote {s['showers']:,} showers ({s['format']}, {s['mean_points']:.1f} points "
-               f"on average) to {s['path']} in {s['seconds']:.1f} s "
-               f"({s['ms_per_shower']:.2f} ms/shower, {s['weights']} weights)")
+    s = sample_file(checkpoint, out, n=n, particle=particle, energy=energy, spectrum=spectrum,
+                    theta=theta, phi=phi, format=fmt, seed=seed, steps=steps, sampler=sampler,
+                    batch_size=batch_size, device=device, ema=not no_ema,
+                    which="best" if best else "last")
+    points = "" if s["mean_points"] is None else f", {s['mean_points']:.1f} points on average"
+    typer.echo(f"wrote {s['showers']:,} showers ({s['format']}{points}, {s['family']}) to "
+               f"{s['path']} in {s['seconds']:.1f} s ({s['ms_per_shower']:.2f} ms/shower, "
+               f"{s['weights']} weights)")
     if s.get("outside"):
         typer.echo(f"note: {s['outside']} fell outside the cells of the geometry and are not "
                    "in the voxels (--format pointcloud keeps every point)")

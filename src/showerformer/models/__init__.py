@@ -1,4 +1,5 @@
-"""Model families and the registry that maps family names to their classes."""
+"""Model families (see :mod:`showerformer.models.family`) and the registry that maps family
+names to their classes."""
 
 from __future__ import annotations
 
@@ -25,9 +26,15 @@ def register(name: str) -> Callable[[_M], _M]:
 
     Returns:
         The decorator; it returns the class unchanged and sets ``cls.family = name``.
+
+    Raises:
+        TypeError: a class that does not follow the family contract
+            (:func:`~showerformer.models.family.check_family`), at registration.
     """
+    from showerformer.models.family import check_family
 
     def decorator(cls: _M) -> _M:
+        check_family(cls)
         if name in MODELS and MODELS[name] is not cls:
             raise ValueError(f"model family '{name}' is already registered by {MODELS[name]!r}")
         MODELS[name] = cls
@@ -51,7 +58,6 @@ def get_model_class(name: str) -> type[nn.Module]:
 
 
 # Built-in families register themselves on import (kept last: they import `register`).
-from showerformer.models import panshower as panshower  # noqa: E402
+# PanShower and PointCountFM are the two networks of the point-flow family, not families.
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
-from showerformer.models import point_count_fm as point_count_fm  # noqa: E402
 from showerformer.models import point_flow as point_flow  # noqa: E402

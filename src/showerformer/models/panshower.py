@@ -61,7 +61,6 @@ from showerformer.data.points import PointPreprocessing, counts_per_layer, layer
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.methods.flow_matching import TIME_DISTRIBUTIONS, masked_mse, sample_path
-from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.nn.attention import MLP
 from showerformer.nn.conditioning import ConditionEmbedding
@@ -220,7 +219,6 @@ class PanShowerSample:
     mask: Tensor
 
 
-@register("panshower")
 class PanShower(nn.Module):
     """Conditional flow-matching transformer over the points of a shower, for all particle types.
 

@@ -38,7 +38,6 @@ from showerformer.data.points import PointPreprocessing
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.methods.flow_matching import TIME_DISTRIBUTIONS, flow_matching_loss
-from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.nn.conditioning import ConditionEmbedding
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, linear_schedule
@@ -139,7 +138,6 @@ class _ResidualBlock(nn.Module):
         return h + self.net(self.norm(h) + self.cond(c))
 
 
-@register("point-count-fm")
 class PointCountFM(nn.Module):
     """Conditional flow-matching MLP for the points per calorimeter layer.
 

@@ -15,26 +15,47 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from showerformer.data.conditions import DEFAULT_PARTICLES, check_particles, condition_tensors
-from showerformer.data.points import PointPreprocessing
+from showerformer.data.batching import BucketBatchSampler
+from showerformer.data.conditions import (
+    DEFAULT_PARTICLES,
+    check_particles,
+    condition_tensors,
+    particle_indices,
+)
+from showerformer.data.points import (
+    VOXEL_FORMATS,
+    PointCloudDataset,
+    PointCollate,
+    PointPreprocessing,
+)
 from showerformer.errors import InputError
 from showerformer.geometry import Geometry
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
+from showerformer.models.family import FamilyModule
 from showerformer.models.panshower import PanShower, PanShowerConfig
 from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
 from showerformer.showers import Conditions, PointShowers
 
-__all__ = ["PointFlow", "PointFlowConfig"]
+__all__ = [
+    "PointFlow",
+    "PointFlowConfig",
+    "check_condition_summary",
+    "check_layers",
+    "check_particles_known",
+    "condition_summary",
+    "count_limits",
+]
 
 _SHARED = ("n_calo_layers", "particles")
 
@@ -126,8 +147,14 @@ class PointFlowConfig(ModelConfig):
 
 
 @register("point-flow")
-class PointFlow(nn.Module):
+class PointFlow(FamilyModule):
     """PanShower with its PointCountFM: samples the points per layer, then the points.
+
+    A model family (see :mod:`showerformer.models.family`): :meth:`from_data` fits the point
+    preprocessing and the count statistics on the training showers (points, or voxels
+    dequantized to one point per cell), and the model keeps them with the geometry, the
+    training conditions and the largest points per layer, so :meth:`generate` needs nothing
+    but the incident particles.
 
     Arguments:
         config: hyper-parameters; the defaults when omitted.
@@ -135,10 +162,16 @@ class PointFlow(nn.Module):
     Attributes:
         shower: the :class:`~showerformer.models.panshower.PanShower` velocity field.
         counts: the :class:`~showerformer.models.point_count_fm.PointCountFM`.
+        preprocessing: the fitted :class:`~showerformer.data.points.PointPreprocessing`
+            (None until fitted or loaded).
+        geometry: the geometry of the training data (None for geometry-free point clouds).
     """
 
     config_class: ClassVar[type] = PointFlowConfig
     task: ClassVar[str] = "generation"
+    data_kind: ClassVar[str] = "points"
+    data_keys: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "pad_multiple": (int, 1, 1), "bucket_batches": (int, 32, 1), "per_layer": (bool, True)}
     family: ClassVar[str]
 
     def __init__(self, config: PointFlowConfig | None = None) -> None:
@@ -146,10 +179,124 @@ class PointFlow(nn.Module):
         self.config = config = config or PointFlowConfig()
         self.shower = PanShower(config.shower_config())
         self.counts = PointCountFM(config.counts_config())
+        self.preprocessing: PointPreprocessing | None = None
+        self.geometry: Geometry | None = None
 
     def fit_normalization(self, counts: Any) -> None:
         """Fit the count model's per-layer statistics on the training counts (N, L)."""
         self.counts.fit_normalization(counts)
+
+    # -- the family contract ----------------------------------------------------------------------
+
+    @classmethod
+    def from_data(cls, overrides: Mapping[str, Any], train: PointCloudDataset,
+                  settings: Mapping[str, Any], *, val: PointCloudDataset | None = None
+                  ) -> PointFlow:
+        """The model for point-cloud training data, its preprocessing fitted.
+
+        ``n_calo_layers`` comes from the data's geometry (or its largest layer index); the
+        particles default to the model's four.
+
+        Arguments:
+            overrides: :class:`PointFlowConfig` keys.
+            train: the training showers.
+            settings: the ``data:`` settings (``per_layer``: standardize every layer with its
+                own statistics).
+            val: the validation showers (checked like the training ones).
+
+        Raises:
+            InputError: a layer count that does not match the data or a bad config value
+                (naming the key), a particle the model does not know or a layer index outside
+                the layers (naming the data file).
+        """
+        overrides = cls.config_class.translate_legacy_keys(overrides)
+        n_layers = _n_layers(train)
+        layers = overrides.setdefault("n_calo_layers", n_layers)
+        if layers != n_layers:
+            raise InputError(f"n_calo_layers={layers} but the data has {n_layers} layers",
+                             key="n_calo_layers", expected=f"{n_layers} (or leave it unset)")
+        config = cls.config_class.from_dict(overrides)
+        for ds in (train, val):
+            if ds is not None:
+                check_particles_known(ds, config.particles)
+                check_layers(ds, config.n_calo_layers)
+        model = cls(config)
+        model.fit_normalization(train.layer_counts(config.n_calo_layers))
+        try:
+            pre = PointPreprocessing.fit_points(
+                train.points, train.conditions.energy, geometry=train.geometry,
+                n_layers=config.n_calo_layers, per_layer=bool(settings.get("per_layer", True)))
+        except InputError as exc:
+            raise InputError(exc.what, path=train.path, key=exc.key,
+                             expected=exc.expected) from None
+        model.load_data_state({
+            "kind": "point-flow",
+            "points": pre.to_dict(),
+            "geometry": None if train.geometry is None else train.geometry.to_dict(),
+            "source_format": train.source_format,
+            "conditions": condition_summary(train.conditions),
+            "count_limits": count_limits(train, config.n_calo_layers).tolist(),
+        }, {})
+        return model
+
+    def load_data_state(self, state: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+        """Restore the preprocessing, geometry, training conditions and count limits.
+
+        Also reads checkpoints written before the model kept them: there the preprocessing
+        is the whole state and the rest sits in the checkpoint's ``metadata``. An empty state
+        (weights saved on their own) leaves the model without preprocessing: :meth:`generate`
+        then refuses with a one-line error.
+
+        Raises:
+            InputError: a damaged entry, naming its key.
+        """
+        state = dict(state)
+        if not state:  # weights only: generate() refuses until a state is loaded
+            self.preprocessing, self.geometry = None, None
+            super().load_data_state({}, info)
+            return
+        if "points" not in state:  # the earlier layout: preprocessing + metadata
+            meta = dict(info.get("metadata") or {})
+            state = {"kind": "point-flow", "points": state,
+                     **{k: meta.get(k) for k in ("geometry", "source_format", "conditions",
+                                                 "count_limits")}}
+        try:
+            pre = PointPreprocessing.from_dict(state["points"])
+        except InputError as exc:
+            raise InputError(exc.what, key=f"preprocessing.points.{exc.key}",
+                             expected=exc.expected) from None
+        geo = None
+        if state.get("geometry"):
+            try:
+                geo = Geometry.from_dict(state["geometry"])
+            except (InputError, KeyError, TypeError, ValueError):
+                raise InputError("unreadable geometry", key="preprocessing.geometry",
+                                 expected="the geometry dict written at training") from None
+        if pre.n_layers != self.config.n_calo_layers:
+            raise InputError(f"preprocessing for {pre.n_layers} layers", key="preprocessing",
+                             expected=f"{self.config.n_calo_layers} layers, as the model")
+        check_condition_summary(state.get("conditions") or {}, "preprocessing.conditions")
+        limits = state.get("count_limits")
+        n = self.config.n_calo_layers
+        if limits is not None and not (isinstance(limits, list) and len(limits) == n and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in limits)):
+            raise InputError("not one count per layer", key="preprocessing.count_limits",
+                             expected=f"a list of {n} non-negative integers")
+        self.preprocessing, self.geometry = pre, geo
+        super().load_data_state(state, info)
+
+    def collate_fn(self, settings: Mapping[str, Any]) -> Callable[[list[Any]], Any]:
+        """Point-cloud batches (points sorted by layer, padded to ``pad_multiple``)."""
+        if self.preprocessing is None:
+            raise InputError("no fitted preprocessing", key="preprocessing",
+                             expected="a model built by from_data or loaded from a checkpoint")
+        return PointCollate(self.preprocessing, self.config.particles,
+                            int(settings.get("pad_multiple", 1)))
+
+    def batch_sampler(self, train: PointCloudDataset,
+                      settings: Mapping[str, Any]) -> Callable[..., Any] | None:
+        """Batches of showers of similar size (``bucket_batches`` batches per bucket)."""
+        return BucketBatchSampler.factory(train.sizes, int(settings.get("bucket_batches", 32)))
 
     def loss(self, batch: Mapping[str, Tensor], *, generator: torch.Generator | None = None) -> Tensor:
         """``L_shower + count_loss_weight * L_counts`` on one batch of
@@ -181,45 +328,51 @@ class PointFlow(nn.Module):
     def generate(
         self,
         conditions: Conditions,
-        preprocessing: PointPreprocessing,
         *,
-        counts: Any = None,
         generator: torch.Generator | None = None,
-        steps: int = DEFAULT_STEPS,
-        sampler: str = DEFAULT_SAMPLER,
-        batch_size: int = 256,
-        geometry: Geometry | None = None,
-        max_counts: Any = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        batch_size: int | None = None,
+        counts: Any = None,
     ) -> PointShowers:
         """Physical showers (mm, MeV) for the given incident particles.
 
+        The count model samples the points per layer (capped by the most the training data
+        had, see :func:`count_limits`), then the shower flow the points, in calls of showers of
+        similar size; the fitted preprocessing turns them into millimetres and MeV.
+
         Arguments:
             conditions: incident particles (PDG ids among ``config.particles``).
-            preprocessing: the fitted transform of the training data.
-            counts: points per layer ``(N, L)``; sampled by the count model when None.
-            max_counts: cap of the points per layer ``(L,)`` applied to the counts (None: none).
             generator: source of randomness, on the model's device.
-            steps, sampler: ODE integration of both models.
-            batch_size: showers per network call, at most (calls hold showers of similar
-                size: see :func:`~showerformer.data.batching.size_chunks`).
-            geometry: attached to the returned showers.
+            steps: ODE steps of both models (default 16).
+            sampler: ``"midpoint"`` (default), ``"heun"`` or ``"euler"``.
+            batch_size: showers per network call, at most (default 256).
+            counts: points per layer ``(N, L)``; sampled by the count model when None.
 
         Returns:
-            :class:`PointShowers` with ``(N, P, 5)`` points (x, y, z, E, layer).
+            :class:`PointShowers` with ``(N, P, 5)`` points (x, y, z, E, layer) in the
+            training geometry.
 
         Raises:
             InputError: a batch size or a number of steps below 1, an unknown sampler (before
-                any sampling).
+                any sampling), or a model without its fitted preprocessing.
         """
+        steps = DEFAULT_STEPS if steps is None else steps
+        sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        batch_size = 256 if batch_size is None else batch_size
         if int(batch_size) < 1:
             raise InputError(f"batch_size={batch_size!r}", key="batch_size",
                              expected="a positive number of showers")
         if int(steps) < 1:
             raise InputError(f"steps={steps!r}", key="steps", expected="at least one step")
         get_sampler(sampler)  # an unknown name fails here, not after the count model ran
+        pre = self.preprocessing
+        if pre is None:
+            raise InputError("no fitted preprocessing", key="preprocessing",
+                             expected="a model built by from_data or loaded from a checkpoint")
         if counts is None:
             device = self.counts.out.weight.device
-            cond = condition_tensors(conditions, preprocessing, self.config.particles, device)
+            cond = condition_tensors(conditions, pre, self.config.particles, device)
             parts = []
             for start in range(0, len(conditions), batch_size):
                 sl = slice(start, start + batch_size)
@@ -229,19 +382,93 @@ class PointFlow(nn.Module):
             counts = (torch.cat(parts) if parts
                       else torch.zeros(0, self.config.n_calo_layers, dtype=torch.long))
         counts = torch.as_tensor(counts).long()
-        if max_counts is not None:
-            counts = torch.minimum(counts, torch.as_tensor(max_counts, dtype=counts.dtype,
+        limits = self._data_state.get("count_limits")
+        if limits is not None:
+            counts = torch.minimum(counts, torch.as_tensor(limits, dtype=counts.dtype,
                                                            device=counts.device))
         # showers of similar size share a batch (little padding); the order is restored after
         order = np.argsort(counts.sum(dim=1).cpu().numpy(), kind="stable")
-        out = self.shower.generate(conditions[order], preprocessing,
+        out = self.shower.generate(conditions[order], pre,
                                    counts=counts[torch.as_tensor(order, device=counts.device)],
                                    generator=generator, steps=steps, sampler=sampler,
-                                   batch_size=batch_size, geometry=geometry)
+                                   batch_size=batch_size, geometry=self.geometry)
         return out[np.argsort(order)]
 
     def n_parameters(self) -> dict[str, int]:
-        """Trainable parameters of both models and in total."""
+        """Parameters of both models and in total."""
         s = sum(p.numel() for p in self.shower.parameters())
         c = sum(p.numel() for p in self.counts.parameters())
         return {"shower": s, "counts": c, "total": s + c}
+
+
+def _n_layers(ds: PointCloudDataset) -> int:
+    if ds.geometry is not None:
+        return int(ds.geometry.n_layers)
+    return int(np.rint(ds.points[:, 4]).max()) + 1 if len(ds.points) else 1
+
+
+def check_layers(ds: PointCloudDataset, n_layers: int) -> None:
+    """Raise :class:`InputError` naming the data file unless every point's layer index is a
+    whole number in ``0..n_layers - 1``."""
+    layer = ds.points[:, 4].astype(np.float64)  # (M,)
+    bad = ~np.isfinite(layer) | (layer < 0) | (layer > n_layers - 1) | (np.rint(layer) != layer)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = f"geometry {ds.geometry.name}" if ds.geometry is not None else "the model"
+        raise InputError(f"layer index {layer[i]:g} ({int(bad.sum())} point(s) outside the "
+                         "layers)", path=ds.path, key="layer",
+                         expected=f"whole numbers 0..{n_layers - 1}, the layers of {where}")
+
+
+def check_particles_known(ds: PointCloudDataset, particles: tuple[int, ...]) -> None:
+    """Raise :class:`InputError` naming the data file and ``pdg`` when a shower's particle is
+    not one of the model's ``particles``."""
+    try:
+        particle_indices(ds.conditions.pdg, tuple(particles))
+    except InputError as exc:
+        raise InputError(exc.what, path=ds.path, key="pdg",
+                         expected=f"{exc.expected} (model.particles)") from None
+
+
+def count_limits(ds: PointCloudDataset, n_layers: int) -> np.ndarray:
+    """Largest number of points per layer a generated shower may have, (L,) int64.
+
+    For showers made from voxels: the cells of the layer (one point per cell). Otherwise twice
+    the largest count seen in the training showers (at least 1).
+    """
+    geo = ds.geometry
+    if ds.source_format in VOXEL_FORMATS and geo is not None and geo.n_layers == n_layers:
+        return np.diff(np.asarray(geo.layer_offsets, dtype=np.int64))
+    return np.maximum(2 * ds.layer_counts(n_layers).max(axis=0, initial=0), 1).astype(np.int64)
+
+
+def check_condition_summary(cond: Any, key: str = "conditions") -> None:
+    """Raise :class:`InputError` naming ``key`` unless ``cond`` is a training range as
+    :func:`condition_summary` writes it (PDG ids; ``[low, high]`` finite ranges, energy > 0)."""
+    if not isinstance(cond, Mapping):
+        raise InputError(f"a {type(cond).__name__}", key=key, expected="a JSON object")
+    pdg = cond.get("pdg")
+    if pdg is not None and not (isinstance(pdg, list) and pdg and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in pdg)):
+        raise InputError(f"{pdg!r}", key=f"{key}.pdg", expected="a list of PDG ids")
+    for name in ("energy_mev", "theta", "phi"):
+        v = cond.get(name)
+        if v is None:
+            continue
+        ok = (isinstance(v, list) and len(v) == 2
+              and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+              and all(math.isfinite(x) for x in v) and v[0] <= v[1])
+        if ok and name == "energy_mev":
+            ok = v[0] > 0
+        if not ok:
+            raise InputError(f"{v!r}", key=f"{key}.{name}",
+                             expected="[low, high], finite" + (" and > 0" if name == "energy_mev"
+                                                               else ""))
+
+
+def condition_summary(c: Conditions) -> dict[str, Any]:
+    """The training range of the incident particles: PDG ids, energy (MeV), theta, phi (rad)."""
+    return {"pdg": sorted(int(p) for p in np.unique(c.pdg)),
+            "energy_mev": [float(c.energy.min()), float(c.energy.max())],
+            "theta": [float(c.theta.min()), float(c.theta.max())],
+            "phi": [float(c.phi.min()), float(c.phi.max())]}

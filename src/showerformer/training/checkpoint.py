@@ -624,10 +624,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
     folder = resolve_checkpoint(path, which)
     info = read_checkpoint_info(folder)
     model = build_model_from_info(info)
-    restore_data_state(model, info)
     files = info.get("files") or {}
     use_ema = bool(ema and files.get("ema"))
     load_weights(model, folder / (files["ema"] if use_ema else files.get("model", MODEL_FILE)))
+    restore_data_state(model, info)
     info["weights"] = "ema" if use_ema else "model"
     model.to(device)
     model.eval()

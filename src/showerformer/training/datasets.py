@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from showerformer.data.batching import size_sorted, split_indices
+from showerformer.data.points import PointCloudDataset, load_point_dataset
 from showerformer.errors import InputError
-from showerformer.training.config import check_setting, check_val_fraction
+from showerformer.training.config import check_count, check_setting, check_val_fraction
 
-__all__ = ["DATA_KINDS", "DataKind", "read_data_settings"]
+__all__ = ["DATA_KINDS", "DataKind", "point_datasets", "read_data_settings"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,67 @@ def _load_sparse_voxels(data: str | os.PathLike[str], val_data: str | os.PathLik
 
 def _load_points(data: str | os.PathLike[str], val_data: str | os.PathLike[str] | None,
                  settings: Mapping[str, Any], seed: int) -> tuple[Any, Any]:
-    from showerformer.training.point_flow import point_flow_datasets
+    return point_datasets(data, val_data=val_data, val_fraction=settings["val_fraction"],
+                          seed=seed, max_showers=settings["max_showers"],
+                          threshold=settings["threshold"])
 
-    return point_flow_datasets(data, val_data=val_data, val_fraction=settings["val_fraction"],
-                               seed=seed, max_showers=settings["max_showers"],
-                               threshold=settings["threshold"])
+
+def point_datasets(
+    data: str | os.PathLike[str],
+    *,
+    val_data: str | os.PathLike[str] | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    max_showers: int | None = None,
+    threshold: float | None = None,
+) -> tuple[PointCloudDataset, PointCloudDataset | None]:
+    """Training and validation point clouds from shower files (voxels are dequantized).
+
+    Arguments:
+        data: training file, any format :func:`~showerformer.io.detect_format` knows.
+        val_data: a separate validation file (takes precedence over ``val_fraction``).
+        val_fraction: hold out this seeded share of ``data`` (0 or None: no validation).
+        seed: seed of the split and the dequantization.
+        max_showers: read at most this many showers from each file.
+        threshold: voxel energy (MeV) that makes a point (default: the geometry's).
+
+    Returns:
+        ``(train, val)``; the validation showers are sorted by size (little padding).
+
+    Raises:
+        InputError: a file without showers, a validation file of another geometry, a
+            ``val_fraction`` outside [0, 1) or a ``max_showers`` below 1.
+    """
+    check_val_fraction(val_fraction)
+    _check_max_showers(max_showers)
+    full = _with_showers(load_point_dataset(data, seed=seed, max_showers=max_showers,
+                                            threshold=threshold), data)
+    if val_data is not None:
+        val = _with_showers(load_point_dataset(val_data, seed=seed + 1, max_showers=max_showers,
+                                               threshold=threshold), val_data)
+        if (full.geometry is not None and val.geometry is not None
+                and not val.geometry.same_cells(full.geometry)):
+            raise InputError(f"geometry {val.geometry.name}", path=val_data, key="geometry",
+                             expected=f"{full.geometry.name} as in {data}")
+        return full, size_sorted(val)
+    if not val_fraction:
+        return full, None
+    if len(full) < 2:
+        raise InputError("1 shower cannot be split into training and validation", path=data,
+                         key="showers", expected="at least two showers, or a separate --val-data")
+    train_idx, val_idx = split_indices(len(full), float(val_fraction), seed)
+    return full.subset(train_idx), size_sorted(full.subset(val_idx))
+
+
+def _check_max_showers(max_showers: int | None) -> None:
+    if max_showers is not None:
+        check_count(max_showers, "--max-showers", "a positive number of showers")
+
+
+def _with_showers(ds: PointCloudDataset, path: str | os.PathLike[str]) -> PointCloudDataset:
+    if len(ds) == 0:
+        raise InputError("no showers", path=path, key="showers", expected="at least one shower")
+    return ds
 
 
 def _describe_sparse_voxels(train: Any, val: Any) -> dict[str, Any]:

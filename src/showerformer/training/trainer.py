@@ -462,8 +462,7 @@ class Trainer:
             "family": getattr(model, "family", None),
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
-            "preprocessing": (model.data_state() if callable(getattr(model, "data_state", None))
-                              else self.metadata.get("preprocessing")),
+            "preprocessing": self._data_state(),
             "train_config": self.config.to_dict(),
             "metadata": {k: v for k, v in self.metadata.items() if k != "preprocessing"},
             "state": {
@@ -484,6 +483,14 @@ class Trainer:
         if self.optimizers is not None and len(self.optimizers) > 1:
             info["optimizer_names"] = list(self.optimizers.names)
         return info
+
+    def _data_state(self) -> Any:
+        """What the checkpoint stores as ``preprocessing``: the family's fitted state
+        (``data_state()``), or the ``preprocessing`` entry of ``metadata`` for a model that
+        has none."""
+        state = getattr(self.model, "data_state", None)
+        own = state() if callable(state) else None
+        return own if own else self.metadata.get("preprocessing")
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Write a checkpoint of the current state (collective under DDP; rank 0 writes).
