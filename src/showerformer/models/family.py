@@ -131,6 +131,24 @@ class FamilyModule(nn.Module):
 
     # -- summaries -------------------------------------------------------------------------------
 
+    def summary(self) -> str:
+        """Parameters per top-level sub-module and in total, as a plain-text table (frozen
+        sub-modules marked)."""
+        rows = []
+        for name, module in self.named_children():
+            n = sum(p.numel() for p in module.parameters())
+            rows.append((name + (" (frozen)" if name in self._frozen else ""), n))
+        own = sum(p.numel() for p in self.parameters(recurse=False))
+        if own:
+            rows.append(("(own parameters)", own))
+        total = sum(n for _, n in rows)
+        width = max([len(r[0]) for r in rows] + [5])
+        lines = [f"{type(self).__name__} ({getattr(self, 'family', '?')})",
+                 f"{'part':<{width}}  {'parameters':>12}", "-" * (width + 14)]
+        lines += [f"{name:<{width}}  {n:>12,}" for name, n in rows]
+        lines += ["-" * (width + 14), f"{'TOTAL':<{width}}  {total:>12,}"]
+        return "\n".join(lines)
+
     def n_parameters(self) -> dict[str, int]:
         """Parameter counts: ``{"trainable", "frozen", "total"}``."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
