@@ -57,7 +57,10 @@ def test_legacy_keys_are_translated() -> None:
     assert PointCountFMConfig.LEGACY_KEYS == {"n_layers_calo": "n_calo_layers",
                                               "hidden": "d_model", "depth": "n_blocks"}
     assert PointFlowConfig.LEGACY_KEYS == {"n_layers_calo": "n_calo_layers"}
-    assert ModelConfig.LEGACY_KEYS == {} and ParticleCNNTransformerConfig.LEGACY_KEYS == {}
+    assert ModelConfig.LEGACY_KEYS == {}
+    assert ParticleCNNTransformerConfig.LEGACY_KEYS == {"inter_layers": "inter_blocks"}
+    pct = ParticleCNNTransformerConfig.from_dict({"inter_layers": 3, "grid": 32})
+    assert pct.inter_blocks == 3 and "inter_layers" not in pct.to_dict()
     old = PanShowerConfig.from_dict({"n_layers_calo": 7, "n_layers": 3, "d_model": 16, "n_heads": 2})
     assert (old.n_calo_layers, old.n_blocks) == (7, 3)
     assert old == PanShowerConfig(n_calo_layers=7, n_blocks=3, d_model=16, n_heads=2)

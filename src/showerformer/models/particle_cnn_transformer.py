@@ -117,7 +117,7 @@ class ParticleCNNTransformerConfig(ModelConfig):
         n_scales: CNN resolutions turned into tokens.
         block_grid: spatial blocks per axis (2 -> 8 blocks).
         block_size: tokens per block per axis (4 -> 64 tokens per block).
-        inter_layers: transformer blocks in stage 3.
+        inter_blocks: transformer blocks in stage 3 (``inter_layers`` in earlier files).
         drop_path: stochastic-depth probability of every residual branch of every stage.
         layerscale_init: initial LayerScale value.
         head_hidden: hidden widths of the regression head.
@@ -134,6 +134,8 @@ class ParticleCNNTransformerConfig(ModelConfig):
         huber_delta: Huber transition point in normalised units.
     """
 
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"inter_layers": "inter_blocks"}
+
     grid: int = 64
     in_channels: int = 2
     d_model: int = 192
@@ -142,7 +144,7 @@ class ParticleCNNTransformerConfig(ModelConfig):
     n_scales: int = 4
     block_grid: int = 2
     block_size: int = 4
-    inter_layers: int = 2
+    inter_blocks: int = 2
     drop_path: float = 0.1
     layerscale_init: float = 1e-4
     head_hidden: tuple[int, ...] = (192, 96, 48)
@@ -163,7 +165,7 @@ class ParticleCNNTransformerConfig(ModelConfig):
             return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
 
         self.require_positive("d_model", "n_heads", "mlp_ratio", "n_scales", "block_grid",
-                              "block_size", "inter_layers", "head_hidden")
+                              "block_size", "inter_blocks", "head_hidden")
         t = self.token_grid
         ratio = self.grid // t if t > 0 else 0
         if self.grid < t or self.grid % t or ratio & (ratio - 1):
@@ -397,9 +399,9 @@ class CrossScaleAttn(nn.Module):
 
 class InterBlockAttn(nn.Module):
     """Stage 3: a global CLS token (learned ``global_token`` + mean of the block tokens) and the
-    block tokens through ``inter_layers`` transformer blocks and a final RMSNorm (no RoPE: block
+    block tokens through ``inter_blocks`` transformer blocks and a final RMSNorm (no RoPE: block
     identity comes from the block embeddings carried by the stage-2 queries).
-    Parameters: ``inter_layers * (12 d^2 + 4 d) + d`` (886,464 for two layers, d = 192).
+    Parameters: ``inter_layers * (12 d^2 + 4 d) + d`` (886,464 for two blocks, d = 192).
     """
 
     def __init__(self, config: ParticleCNNTransformerConfig) -> None:
@@ -407,7 +409,7 @@ class InterBlockAttn(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(config.d_model, config.n_heads, config.mlp_ratio, config.drop_path,
                              config.layerscale_init)
-            for _ in range(config.inter_layers)
+            for _ in range(config.inter_blocks)
         )
         self.norm = RMSNorm(config.d_model)
 
