@@ -20,7 +20,7 @@ def demo(
         help="Simulated 32^3 proton events for the regression step.")] = 8000,
     regression_steps: Annotated[int, typer.Option(
         help="Training steps of the demo's small regressor (about 0.2 s each on 2 cores).")
-    ] = 900,
+    ] = 1500,
     flow_steps: Annotated[int, typer.Option(
         help="Training steps of the demo's point-flow generator.")] = 300,
     n_flow: Annotated[int, typer.Option(
