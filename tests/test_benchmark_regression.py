@@ -95,8 +95,11 @@ def test_budget_and_learning_curve(files, tmp_path, capsys):
     summary = run_regression_benchmark(
         tmp_path / "b", train=train, test=test, config=cfg, baselines=["calibrated-energy-sum"],
         budget_minutes=10.0, curve_points=4, curve_events=50, max_steps=12, bins=4,
-        progress=False)
+        progress=False, overrides=["model.head_hidden=[5]"])
     net = summary["rows"][-1]
+    from showerformer.training.checkpoint import read_checkpoint_info
+
+    assert read_checkpoint_info(tmp_path / "b" / "model")["model_config"]["head_hidden"] == [5]
     assert net["budget"]["minutes"] == 10.0 and net["budget"]["step_seconds"] > 0
     assert net["budget"]["steps"] == 12 == net["steps"]  # the cap wins over a generous budget
     assert not (tmp_path / "b" / "model_probe").exists()

@@ -75,6 +75,7 @@ def run_regression_benchmark(
     n_test: int = 10_000,
     seed: int = 0,
     config: PathLike | Mapping[str, Any] = "regressor_64",
+    overrides: Sequence[str] = (),
     max_steps: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
@@ -100,6 +101,8 @@ def run_regression_benchmark(
         n_train, n_test: events to simulate.
         seed: seed of the simulation (train: ``seed``, test: ``seed + 1``) and the baselines.
         config: run config of the regressor (YAML path, a name in ``configs/``, or a mapping).
+        overrides: ``KEY=VALUE`` changes of the config (``--set``, e.g.
+            ``model.energy_scale_mev=30``).
         max_steps, epochs: override the config's training length.
         device: override the config's device.
         baselines: names of :data:`showerformer.baselines.BASELINES` (default all).
@@ -189,6 +192,12 @@ def run_regression_benchmark(
         else:
             path = default_config_path(str(config))
             cfg, label = (path, str(path)) if epochs is None else (load_yaml(path), str(path))
+        if overrides:
+            from showerformer.training.config import apply_overrides
+
+            cfg = apply_overrides(load_yaml(cfg) if not isinstance(cfg, Mapping) else cfg,
+                                  overrides)
+            label += " with " + ", ".join(overrides)
         if epochs is not None:
             cfg = {**cfg, "train": {**dict(cfg.get("train") or {}), "epochs": int(epochs)}}
         budget: dict[str, Any] | None = None

@@ -117,6 +117,10 @@ def regression(
     config: Annotated[str, typer.Option(
         help="Run config of the network: a YAML path or a name in configs/ "
              "(regressor_64, regressor_32_cpu).")] = "regressor_64",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="Change one value of the network's config, e.g. --set "
+             "model.energy_scale_mev=30 (repeatable).")] = None,
     max_steps: Annotated[int | None, typer.Option(
         help="Stop the network's training after this many steps.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the config's epochs.")] = None,
@@ -144,8 +148,9 @@ def regression(
     console = Console()
     summary = run_regression_benchmark(
         out, train=train, test=test, dataset=dataset, n_train=n_train, n_test=n_test,
-        seed=seed, config=config, max_steps=max_steps, epochs=epochs, device=device,
-        model=not no_model, plots=not no_plots, budget_minutes=budget_minutes,
+        seed=seed, config=config, overrides=tuple(set_ or ()), max_steps=max_steps,
+        epochs=epochs, device=device, model=not no_model, plots=not no_plots,
+        budget_minutes=budget_minutes,
         curve_points=curve_points, curve_events=curve_events,
         say=lambda msg: console.rule(msg, style="dim"))
     print_regression_table(summary, console)

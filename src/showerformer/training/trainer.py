@@ -203,7 +203,6 @@ class _Chunks(torch.utils.data.Sampler[list[int]]):
             yield self.indices[a:a + self.size].tolist()
 
 
-
 class Optimizers(Sequence[torch.optim.Optimizer]):
     """The optimizers of a run, handed to a family's ``training_step``.
 
