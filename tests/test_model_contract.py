@@ -54,19 +54,24 @@ def test_every_registered_family_is_covered() -> None:
 
 
 def _point_data(tmp_path: Path) -> Any:
+    """Twelve showers of 3-19 hits on the cells of a small Cartesian grid of ``L`` layers."""
     from showerformer.data.points import PointCloudDataset
+    from showerformer.geometry import CartesianGeometry
 
+    geo = CartesianGeometry((8, 8, L), (10.0, 10.0, 5.0), name="contract-grid")
     rng = np.random.default_rng(0)
     ragged = []
-    for _ in range(12):
+    for i in range(12):
         m = int(rng.integers(3, 20))
-        layer = np.sort(rng.integers(0, L, m))
-        ragged.append(np.stack([rng.normal(0, 10, m), rng.normal(0, 10, m), layer * 5.0 + 2.5,
-                                rng.exponential(5.0, m) + 0.01, layer], axis=1))
-    ragged[0][:, 4] = np.arange(len(ragged[0])) % L  # every layer occurs
+        cells = rng.choice(geo.n_cells, m, replace=False)
+        if i == 0:  # every layer occurs
+            cells[:L] = geo.layer_offsets[:L] + rng.integers(0, 64, L)
+        xyz = geo.dequantize(cells, rng)
+        ragged.append(np.column_stack([xyz, rng.exponential(5.0, m) + 0.01,
+                                       geo.layer_of_cell[cells]]))
     cond = Conditions(rng.uniform(1e3, 1e5, 12), rng.choice([11, 22, 211, 2212], 12),
                       np.full(12, np.pi / 2), rng.uniform(0, 2 * np.pi, 12))
-    return PointCloudDataset.from_showers(PointShowers.from_ragged(ragged, cond))
+    return PointCloudDataset.from_showers(PointShowers.from_ragged(ragged, cond, geo))
 
 
 def _voxel_data(tmp_path: Path) -> Any:

@@ -230,6 +230,7 @@ class Optimizers(Sequence[torch.optim.Optimizer]):
         self.env = env or DistEnv()
         self.device_type = device_type
         self.grad_norms: dict[str, Tensor] = {}
+        self._pending = [False] * len(self._optimizers)
 
     def __len__(self) -> int:
         return len(self._optimizers)
@@ -251,19 +252,27 @@ class Optimizers(Sequence[torch.optim.Optimizer]):
         """The parameters of ``optimizer`` that require gradients."""
         return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
 
-    def step(self, loss: Tensor, which: int | str = 0, *, retain_graph: bool = False) -> Tensor:
-        """One update of optimizer ``which`` from ``loss``; returns the gradient norm.
+    def step(self, loss: Tensor, which: int | str = 0, *, retain_graph: bool = False,
+             update: bool = True) -> Tensor:
+        """Back-propagate ``loss`` for optimizer ``which`` and, with ``update``, update it;
+        returns the gradient norm of the update (0 while gradients are being accumulated).
 
         Gradients left on the parameters by an earlier backward (e.g. the generator's
         parameters after the critic's loss) are cleared first, so each update sees only its
-        own loss.
+        own losses. With ``update=False`` the gradients are kept and the next call adds to them
+        (gradient accumulation over several batches; scale the losses accordingly).
         """
         i = self.index(which)
         opt = self._optimizers[i]
         params = self.trainable(opt)
-        opt.zero_grad(set_to_none=True)
+        if not self._pending[i]:
+            opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device_type, enabled=False):
             loss.backward(retain_graph=retain_graph)
+        if not update:
+            self._pending[i] = True
+            return torch.zeros(())
+        self._pending[i] = False
         if self.env.world_size > 1:
             for p in params:
                 if p.grad is not None:
