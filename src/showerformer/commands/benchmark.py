@@ -1,4 +1,5 @@
-"""Benchmark commands: ``showerformer benchmark regression`` and ``benchmark point-flow``."""
+"""Benchmark commands: ``showerformer benchmark regression``, ``point-flow``, ``regressor-speed``
+and ``mean-field``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import typer
 
 __all__ = [
     "benchmark_app",
+    "mean_field",
+    "mean_field_table",
     "point_flow",
     "point_flow_tables",
     "print_point_flow_tables",
@@ -375,3 +378,89 @@ def regressor_speed(
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def mean_field_table(rows: list[dict[str, Any]]) -> Any:
+    """The rows of :func:`~showerformer.benchmark.mean_field.mean_field_cost` as one
+    :class:`~showerformer.commands.tables.ResultTable`."""
+    from showerformer.commands.tables import ResultTable
+
+    first = rows[0] if rows else {}
+    table = ResultTable(
+        f"mean-field vs full self-attention, one call on {first.get('device', 'cpu')} "
+        f"({first.get('threads', '?')} thread{'' if first.get('threads') == 1 else 's'}; batch {first.get('batch', '?')}, width "
+        f"{first.get('dim', '?')}, {first.get('n_heads', '?')} heads)",
+        ["kind", "points", "fwd ms", "fwd+bwd ms", "fwd peak MB", "fwd+bwd peak MB",
+         "scores MB*", "status"], left=frozenset({"kind", "status"}))
+
+    def calls(n: Any) -> str:
+        return " (warm-up)" if n == 0 else ""
+
+    for r in rows:
+        table.add_row(r["kind"], f"{r['points']:,}",
+                      _f(r["forward_ms"], 2) + calls(r["forward_calls"]),
+                      _f(r["backward_ms"], 2) + calls(r["backward_calls"]),
+                      _f(r["forward_peak_mb"], 1), _f(r["backward_peak_mb"], 1),
+                      _f(r["scores_mb"], 2), r["status"])
+    if rows:
+        table.notes.append(
+            f"times: shortest of up to the requested timed calls after a warm-up ('(warm-up)': "
+            f"that call alone, longer than the time cap); peak MB: {first['memory']} during one "
+            "call; * analytic: the B*H*scores matrix of an unfused kernel (N^2 per head for "
+            f"full attention, N for the mean field); {first['parameters']:,} parameters each")
+    return table
+
+
+@benchmark_app.command("mean-field", context_settings={"allow_extra_args": True})
+def mean_field(
+    ctx: typer.Context,
+    points: Annotated[list[str] | None, typer.Option(
+        help="Shower sizes, ascending: --points 1000 4000 16000 64000 (or comma-separated).")
+                      ] = None,
+    dim: Annotated[int, typer.Option(help="Channels of the points and the mean field.")] = 48,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 16,
+    batch: Annotated[int, typer.Option(help="Showers per call.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    backward: Annotated[bool, typer.Option(
+        "--backward/--no-backward", help="Also time forward + backward.")] = True,
+    repeats: Annotated[int, typer.Option(help="Timed calls per measurement at most.")] = 3,
+    time_cap: Annotated[float, typer.Option(
+        help="Seconds per measurement after which no timed call starts; a kind whose call "
+             "took longer is skipped at the larger sizes.")] = 10.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")
+                       ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the rows to this JSON file.")
+                   ] = None,
+) -> None:
+    """Time one mean-field attention call (one query per shower, linear in the points) against
+    one full self-attention call (quadratic) at each shower size: forward, forward + backward
+    and peak memory."""
+    import json
+
+    from showerformer._atomic import atomic_path
+    from showerformer._paths import check_output_file
+    from showerformer.benchmark.mean_field import mean_field_cost
+    from showerformer.commands.tables import show_table
+    from showerformer.errors import InputError
+    from showerformer.training.config import check_device
+
+    if ctx.args and points is None:
+        raise InputError(f"unexpected argument {ctx.args[0]!r}", key="--points",
+                         expected="point counts after --points")
+    texts = [t for item in [*(points or []), *ctx.args] for t in item.split(",") if t.strip()]
+    try:
+        sizes = [int(t) for t in texts] if texts else [1000, 4000, 16000, 64000]
+    except ValueError:
+        raise InputError(f"{' '.join(texts)!r}", key="--points",
+                         expected="positive integers") from None
+    check_device(device)
+    if threads is not None and threads < 1:
+        raise InputError(f"{threads}", key="--threads", expected="at least 1 thread")
+    if out is not None:
+        out = check_output_file(out, option="--out")
+    rows = mean_field_cost(sizes, dim, heads, batch, backward, repeats, time_cap, device=device,
+                           threads=threads)
+    show_table(mean_field_table(rows))
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(rows, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Shared neural-network blocks: RMSNorm, LayerScale, DropPath, 3D RoPE and attention blocks."""
+"""Shared neural-network blocks: norms, DropPath, 3D RoPE, attention and mean-field blocks."""
 
 from showerformer.nn.attention import (
     MLP,
@@ -7,6 +7,13 @@ from showerformer.nn.attention import (
     SelfAttention,
     TransformerBlock,
     key_padding_mask,
+)
+from showerformer.nn.mean_field import (
+    MeanFieldAttention,
+    MeanFieldBlock,
+    WeightNormalizedLinear,
+    mean_field_block_parameters,
+    mean_field_init,
 )
 from showerformer.nn.norms import DropPath, LayerScale, RMSNorm, drop_path
 from showerformer.nn.rope import RotaryEmbedding3D, apply_rotary, grid_positions
@@ -17,12 +24,17 @@ __all__ = [
     "CrossAttentionBlock",
     "DropPath",
     "LayerScale",
+    "MeanFieldAttention",
+    "MeanFieldBlock",
     "RMSNorm",
     "RotaryEmbedding3D",
     "SelfAttention",
     "TransformerBlock",
+    "WeightNormalizedLinear",
     "apply_rotary",
     "drop_path",
     "grid_positions",
     "key_padding_mask",
+    "mean_field_block_parameters",
+    "mean_field_init",
 ]
