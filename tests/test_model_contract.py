@@ -38,6 +38,9 @@ TINY: dict[str, dict[str, Any]] = {
                                  "head_hidden": [8], "drop_path": 0.0},
     "point-flow": {"shower": {"d_model": 32, "n_heads": 2, "n_blocks": 2},
                    "counts": {"d_model": 32, "n_blocks": 2}},
+    "mdma": {"embed_dim": 8, "gen_hidden": 8, "gen_blocks": 2, "gen_heads": 2,
+             "critic_hidden": 8, "critic_blocks": 2, "critic_heads": 2, "critic_head_hidden": 8,
+             "counts": {"d_model": 16, "n_blocks": 1}},
 }
 """The smallest config of every built-in family (the keys ``from_data`` does not set)."""
 

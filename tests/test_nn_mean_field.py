@@ -296,3 +296,22 @@ def test_mean_field_init_sums_real_points_over_c_n() -> None:
             mean_field_init(x, mask, bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="phi_x"):
         mean_field_init(x[0], None, 1.0)
+
+
+def test_attention_can_be_differentiated_twice() -> None:
+    """The gradient penalty of a WGAN critic differentiates the critic's input gradient."""
+    from showerformer.nn.mean_field import MeanFieldBlock
+
+    torch.manual_seed(0)
+    block = MeanFieldBlock(8, 8, 2, 2, weight_norm=True)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    m, c = torch.randn(3, 8), torch.randn(3, 2)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    out, field = block(x, m, c, mask)
+    grad = torch.autograd.grad((out.sum() + field.sum()), x, create_graph=True)[0]
+    penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    penalty.backward()  # raises where a kernel has no second derivative
+    assert torch.isfinite(penalty)
+    for layer in (block.attn.q, block.attn.kv, block.phi):  # the attention is in the graph
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()

@@ -252,6 +252,10 @@ def train(
                             "train.out_dir).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Start from the weights of this checkpoint or run folder of the same "
+                            "family and sizes (fine-tuning; the preprocessing is fitted on "
+                            "--data).")] = None,
     max_steps: Annotated[int | None, typer.Option(
         "--max-steps", help="Stop after N optimizer steps (the schedule ends there too).")
     ] = None,
@@ -277,7 +281,8 @@ def train(
     assert config is not None and data is not None
     result = train_family(config, data, out, overrides=tuple(set_ or ()), val_data=val_data,
                           val_fraction=val_fraction, resume=resume, overwrite=overwrite,
-                          max_steps=max_steps, device=device, progress=progress)
+                          max_steps=max_steps, device=device, progress=progress,
+                          init_from=init_from)
     _report(result)
 
 

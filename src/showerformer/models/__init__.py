@@ -59,5 +59,6 @@ def get_model_class(name: str) -> type[nn.Module]:
 
 # Built-in families register themselves on import (kept last: they import `register`).
 # PanShower and PointCountFM are the two networks of the point-flow family, not families.
+from showerformer.models import mdma as mdma  # noqa: E402  (after point_flow: it reuses its checks)
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
 from showerformer.models import point_flow as point_flow  # noqa: E402

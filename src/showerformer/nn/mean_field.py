@@ -100,8 +100,10 @@ class MeanFieldAttention(nn.Module):
 
     ``y = W_o concat_h softmax(q_h k_h^T / sqrt(d / H)) v_h`` with ``q = W_q m`` from the mean
     field ``m`` (B, d) and ``k, v = W_k x, W_v x`` from the points ``x`` (B, N, d); padded points
-    get weight 0. Cost and memory are linear in N (one query: ``B * H * N`` scores), through
-    ``torch.nn.functional.scaled_dot_product_attention``. A shower whose points are all padding
+    get weight 0. Cost and memory are linear in N (one query: ``B * H * N`` scores). The scores
+    are computed explicitly: with a single query this costs what a fused kernel costs, and it can
+    be differentiated twice (the gradient penalty of a WGAN critic needs that; the fused CPU
+    kernel of ``scaled_dot_product_attention`` cannot). A shower whose points are all padding
     gives zeros (and zero attention weights). Padded points are replaced by zeros before the
     projections, so their values, even non-finite ones, never reach the output.
 
@@ -157,19 +159,16 @@ class MeanFieldAttention(nn.Module):
             attn_mask = (mask | empty[:, None])[:, None, None, :]  # (B, 1, 1, N)
         q = self.q(m).view(b, heads, 1, d_head)  # (B, H, 1, d/H)
         k, v = self.kv(x).view(b, n, 2, heads, d_head).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, d/H)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, 1, d/H)
-        y = self.out(y.reshape(b, self.dim))  # (B, d)
-        if empty is not None:
-            y = y.masked_fill(empty[:, None], 0.0)
-        if not need_weights:
-            return y
         logits = (q @ k.transpose(-2, -1)).squeeze(2) * d_head**-0.5  # (B, H, N)
         if attn_mask is not None:
             logits = logits.masked_fill(~attn_mask[:, :, 0, :], float("-inf"))
         weights = logits.softmax(dim=-1)  # (B, H, N)
+        y = (weights[:, :, None, :] @ v).reshape(b, self.dim)  # (B, d)
+        y = self.out(y)  # (B, d)
         if empty is not None:
+            y = y.masked_fill(empty[:, None], 0.0)
             weights = weights.masked_fill(empty[:, None, None], 0.0)
-        return y, weights
+        return (y, weights) if need_weights else y
 
 
 def mean_field_init(phi_x: Tensor, mask: Tensor | None, c_n: float) -> Tensor:

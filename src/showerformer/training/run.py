@@ -52,6 +52,7 @@ def train(
     device: str | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train the family a run config names on a data file.
 
@@ -77,6 +78,9 @@ def train(
         device: overrides ``train.device``.
         progress: show the progress bar.
         stop_at_step: interrupt (with a checkpoint) after this many steps, as a preempted job.
+        init_from: start from the weights of this checkpoint (or run folder) of the same family
+            and network sizes (fine-tuning, e.g. a ds2 model on ds3); the preprocessing is
+            fitted on the new data, the optimizer and schedule start afresh.
 
     Returns:
         The :class:`~showerformer.training.trainer.TrainResult`.
@@ -105,6 +109,7 @@ def train(
     settings = read_data_settings(kind, getattr(cls, "data_keys", {}), run.data, run.path,
                                   family=run.family)
     check_run_folder(train_cfg.out_dir, resume, overwrite=overwrite)
+    init_weights = _init_weights(init_from, run.family, resume) if init_from is not None else None
     if val_data is not None:
         settings["val_fraction"] = None
     elif val_fraction is not None:
@@ -120,12 +125,17 @@ def train(
             raise
         raise InputError(exc.what, path=run.path, key=f"model.{exc.key}",
                          expected=exc.expected) from None
+    if init_weights is not None:
+        from showerformer.training.checkpoint import load_weights
+
+        load_weights(model, init_weights)
     described = kind.describe(train_ds, val_ds) if kind is not None else {
         "n_train": len(train_ds), "n_val": 0 if val_ds is None else len(val_ds)}
     metadata = {
         "data": {"train": str(data), "val": None if val_data is None else str(val_data),
                  "val_fraction": settings["val_fraction"], **described},
         "run_config": str(run.path) if run.path else None,
+        "init_from": None if init_weights is None else str(init_weights.parent),
     }
     resolved = {"model": {"family": run.family, **model.config.to_dict()},
                 "train": train_cfg.to_dict(), "data": dict(settings)}
@@ -134,3 +144,29 @@ def train(
                       batch_sampler=model.batch_sampler(train_ds, settings),
                       run_config=resolved)
     return trainer.fit(resume=resume, stop_at_step=stop_at_step, overwrite=overwrite)
+
+
+def _init_weights(init_from: str | os.PathLike[str], family: str, resume: bool) -> Any:
+    """The weights file of ``init_from`` after checking that it holds the same family.
+
+    Raises:
+        InputError: ``--init-from`` together with ``--resume``, no checkpoint there, or one of
+            another family, naming ``--init-from`` or the checkpoint's JSON.
+    """
+    from showerformer.training.checkpoint import (
+        CHECKPOINT_JSON,
+        MODEL_FILE,
+        read_checkpoint_info,
+        resolve_checkpoint,
+    )
+
+    if resume:
+        raise InputError("--init-from together with --resume", key="--init-from",
+                         expected="one of them: --resume continues a run, --init-from starts "
+                                  "a new one from other weights")
+    folder = resolve_checkpoint(init_from)
+    info = read_checkpoint_info(folder)
+    if info.get("family") != family:
+        raise InputError(f"a '{info.get('family')}' checkpoint", path=folder / CHECKPOINT_JSON,
+                         key="family", expected=f"a '{family}' checkpoint for --init-from")
+    return folder / (info.get("files") or {}).get("model", MODEL_FILE)
