@@ -47,7 +47,8 @@ def test_point_flow_benchmark_tiny(tmp_path: Path) -> None:
     buf = io.StringIO()
     print_point_flow_tables(summary, Console(file=buf, width=200))
     text = buf.getvalue()
-    assert "point-flow quality" in text and "sampling speed" in text and "blocked" in text
+    assert "generator quality" in text and "sampling speed" in text and "blocked" in text
+    assert "+ voxels ms/shower" in text and row["family"] == "point-flow"
 
 
 def test_point_flow_benchmark_rejects_bad_options(tmp_path: Path) -> None:

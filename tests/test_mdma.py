@@ -186,3 +186,17 @@ def test_init_from_fine_tunes_a_ds2_model_on_ds3(ds2: Path, tmp_path: Path) -> N
     reg = {"model": {"family": "point-flow"}, "train": cfg["train"], "data": {}}
     with pytest.raises(InputError, match="a 'mdma' checkpoint .expected a 'point-flow'"):
         train(reg, ds2, tmp_path / "y", progress=False, init_from=base.out_dir)
+
+
+def test_point_clouds_on_cartesian_cells(tmp_path: Path) -> None:
+    """The built-in multi-particle point clouds lie on the cells of sandwich64."""
+    multi = tmp_path / "multi.h5"
+    simulate_to_file(multi, "multi", n=12, seed=2, energy="1:3", progress=False)
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"].update(max_steps=1, checkpoint_every=None, val_every=None)
+    res = train(cfg, multi, tmp_path / "run", progress=False)
+    model, _ = load_generator(res.out_dir, device="cpu")
+    assert model.preprocessing.geometry.name == "sandwich64"
+    s = sample_file(res.out_dir, tmp_path / "gen.h5", n=3, particle="gamma", steps=2,
+                    progress=False, device="cpu")
+    assert s["format"] == "pointcloud" and s["showers"] == 3

@@ -85,7 +85,9 @@ def measure_sampling(
         repeats_at_1: requests timed at batch size 1.
 
     Returns:
-        Rows with ``batch``, ``chunk``, ``ms_per_shower``, ``peak_memory_gib`` (CUDA allocator
+        Rows with ``batch``, ``chunk``, ``ms_per_shower``, ``ms_per_shower_voxelized``
+        (generation and voxelization into the geometry's cells; None without a geometry),
+        ``peak_memory_gib`` (CUDA allocator
         peak on GPUs, process peak RSS on CPUs), ``baseline_memory_gib`` (the same measure just
         before the request: the request needed the difference), ``memory_kind``,
         ``mean_points``.
@@ -122,7 +124,14 @@ def measure_sampling(
             peak = max(_peak_rss_gib(), baseline or 0.0)
             kind = "process peak RSS" if reset else "process peak RSS (since start)"
         seconds = (time.perf_counter() - t0) / reps
+        voxel_s = None
+        if showers.geometry is not None:  # the seed reports both: generation, + voxelization
+            t1 = time.perf_counter()
+            showers.to_voxels(outside="drop")
+            voxel_s = time.perf_counter() - t1
         rows.append({"batch": int(b), "chunk": int(chunk), "ms_per_shower": 1e3 * seconds / b,
+                     "ms_per_shower_voxelized": (None if voxel_s is None
+                                                 else 1e3 * (seconds + voxel_s) / b),
                      "peak_memory_gib": peak, "memory_kind": kind,
                      "baseline_memory_gib": baseline,
                      "mean_points": float(showers.n_points.mean()), "device": str(device)})
@@ -327,7 +336,8 @@ def run_point_flow_benchmark(
                        progress=True)
         gen_s = time.perf_counter() - t0
         row: dict[str, Any] = {
-            "config": str(cfg_path), "steps": res.step, "epochs": res.epoch,
+            "config": str(cfg_path), "family": str(getattr(model, "family", "?")),
+            "steps": res.step, "epochs": res.epoch,
             "train_seconds": train_s, "step_seconds_predicted": step_s,
             "step_seconds_probe_mean": probe["probe_mean"],
             "step_seconds_actual": train_s / max(res.step, 1),

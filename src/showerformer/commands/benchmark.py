@@ -168,25 +168,28 @@ def point_flow_tables(summary: dict[str, Any]) -> list[Any]:
         v, e = row.get(key), row.get(f"{key}_err")
         return _f(v) if e is None or v is None else f"{_f(v)} ± {_f(e)}"
 
-    q = ResultTable(f"point-flow quality vs held-out simulator showers ({summary['n_test']:,} "
+    q = ResultTable(f"generator quality vs held-out simulator showers ({summary['n_test']:,} "
                     "each; AUC 0.5 = indistinguishable)",
-                    ["dataset", "particle", "AUC low", "AUC low normed", "AUC high", "FPD x1e3",
+                    ["model", "dataset", "particle", "AUC low", "AUC low normed", "AUC high", "FPD x1e3",
                      "KPD x1e3", "mean sep. power", "steps", "train min", "params"],
-                    left=frozenset({"dataset", "particle"}))
+                    left=frozenset({"model", "dataset", "particle"}))
     for name, d in summary["datasets"].items():
         for particle, ev in d["evaluation"].items():
-            q.add_row(name, particle, pm(ev, "auc_low"), pm(ev, "auc_low_normed"),
+            q.add_row(d.get("family", "point-flow"), name, particle, pm(ev, "auc_low"), pm(ev, "auc_low_normed"),
                       pm(ev, "auc_high"), pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"),
                       _f(ev.get("separation_mean")), f"{d['steps']:,}",
                       f"{d['train_seconds'] / 60:.1f}", f"{d['parameters']['total']:,}")
     speed = ResultTable("sampling speed (count model + shower model, midpoint 16 steps unless "
-                        "set)",
-                        ["dataset", "batch", "chunk", "ms/shower", "points/shower",
+                        "set; + voxelization into the cells)",
+                        ["model", "dataset", "batch", "chunk", "ms/shower", "+ voxels ms/shower",
+                         "points/shower",
                          "peak memory GiB", "before GiB", "memory", "device"],
-                        left=frozenset({"dataset", "memory", "device"}))
+                        left=frozenset({"model", "dataset", "memory", "device"}))
     for name, d in summary["datasets"].items():
         for r in d.get("speed", []):
-            speed.add_row(name, f"{r['batch']:,}", f"{r['chunk']:,}", _f(r["ms_per_shower"]),
+            speed.add_row(d.get("family", "point-flow"), name, f"{r['batch']:,}",
+                          f"{r['chunk']:,}", _f(r["ms_per_shower"]),
+                          _f(r.get("ms_per_shower_voxelized")),
                           _f(r["mean_points"], 4), _f(r["peak_memory_gib"]),
                           _f(r.get("baseline_memory_gib")), r["memory_kind"], r["device"])
     out: list[Any] = [q, speed]
