@@ -202,6 +202,14 @@ def test_toy_gan_trains_resumes_bit_for_bit_and_samples(toy_family: type, points
                         device="cpu")
     assert again["showers"] == 40
     assert np.array_equal(read_pointcloud(tmp_path / "gen2.h5").points, showers.points)
+    # an option the family's generate() does not take is refused in one line, before any work
+    from showerformer.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        sample_file(tmp_path / "full", tmp_path / "gen3.h5", n=4, sampler="heun",
+                    progress=False, device="cpu")
+    assert err.value.key == "--sampler" and "toy-wgan-2d" in str(err.value)
+    assert not (tmp_path / "gen3.h5").exists()
 
 
 class _Frozen(FamilyModule):

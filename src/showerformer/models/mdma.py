@@ -21,7 +21,8 @@ Read top to bottom:
    ``C(fake) - C(real) + gp_weight * GP`` where the gradient penalty interpolates each real
    shower with a generated shower of the same size (the generator is given the real shower's
    multiplicity, so the masks agree), then one generator update
-   ``-C(G(z)) + fm_weight * |mf_real - mf_fake|^2 + response_weight * (eta_real - eta_fake)^2``
+   ``-C(G(z)) + fm_weight * mean (mf_real - mf_fake)^2 + response_weight * mean (eta_real -
+   eta_fake)^2``
    with ``eta = sum E / E_inc`` per shower, then one update of the count model. Optimizers:
    RMSprop or Adam with ``beta1 = 0`` (the seed found momentum harmful); the warmup + cosine
    schedule of the trainer anneals every one. ``accumulate`` > 1 adds the gradients of that
@@ -147,12 +148,17 @@ class MDMAPreprocessing:
             (index coordinates: min-max, logit, standardize; energy: Box-Cox, standardize).
         incident: the fitted transform of the incident energy (log, standardize).
         mean_points: ``c_N``, the mean number of hits per training shower.
+        bounds: smallest and largest normalized value of every feature in the training hits,
+            ``(4, 2)``; generated features are clamped into them (as the authors' code does),
+            which keeps the critic's inputs and the energies of the response in range.
     """
 
     def __init__(self, geometry: Geometry, features: Transform, incident: Transform,
-                 mean_points: float) -> None:
+                 mean_points: float, bounds: Any = None) -> None:
         self._set_geometry(geometry)
         self.features = features
+        self.bounds = (None if bounds is None
+                       else np.asarray(bounds, dtype=np.float64).reshape(len(FEATURES), 2))
         self.incident = incident
         if not mean_points > 0:
             raise InputError(f"mean_points={mean_points!r}", key="mean_points",
@@ -216,9 +222,11 @@ class MDMAPreprocessing:
         features = Columns([index(geometry.n_layers), index(n_a), index(n_b),
                             Chain([BoxCox(), Standardize()])])
         features.fit(raw)
+        normed = features.forward(raw)
+        bounds = np.stack([normed.min(axis=0), normed.max(axis=0)], axis=1)  # (4, 2)
         incident = Chain([Log(1e-12), Standardize()])
         incident.fit(np.asarray(incident_energy, np.float64).reshape(-1, 1))
-        return cls(geometry, features, incident, len(pts) / n_showers)
+        return cls(geometry, features, incident, len(pts) / n_showers, bounds)
 
     def transform(self, cells: np.ndarray, energy: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Normalized features ``(M, 4)`` float32 of hits given by cell, energy and ``u``."""
@@ -254,7 +262,8 @@ class MDMAPreprocessing:
         """JSON-ready dictionary (for checkpoints)."""
         return {"kind": "mdma", "geometry": self.geometry.to_dict(),
                 "features": self.features.to_dict(), "incident": self.incident.to_dict(),
-                "mean_points": self.mean_points}
+                "mean_points": self.mean_points,
+                "bounds": None if self.bounds is None else self.bounds.tolist()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MDMAPreprocessing:
@@ -280,8 +289,12 @@ class MDMAPreprocessing:
         if not isinstance(features, Columns) or len(features.columns) != 4:
             raise InputError("not four feature columns", key="features",
                              expected="the four columns z, alpha, r, E")
+        bounds = data.get("bounds")
+        if bounds is not None and np.asarray(bounds).shape != (len(FEATURES), 2):
+            raise InputError(f"bounds of shape {np.asarray(bounds).shape}", key="bounds",
+                             expected="(4, 2): low and high of every feature")
         return cls(geometry, features, transform_from_dict(data["incident"]),
-                   float(data["mean_points"]))
+                   float(data["mean_points"]), bounds)
 
 
 class MDMACollate:
@@ -658,9 +671,17 @@ class MDMA(FamilyModule):
 
     def _generate_features(self, mask: Tensor, cond: Tensor,
                            generator: torch.Generator | None = None) -> Tensor:
+        """Generator output for noise of the mask's shape, clamped into the training range of
+        every feature (zero gradient outside, as ``relu(x - lo) + lo`` in the authors' code)."""
+        pre = self._pre()
+        dtype = self.generator.out.weight.dtype
         z = torch.randn(*mask.shape, len(FEATURES), generator=generator, device=mask.device,
-                        dtype=self.generator.out.weight.dtype)
-        return self.generator(z, mask, cond, self._pre().mean_points)
+                        dtype=dtype)
+        out = self.generator(z, mask, cond, pre.mean_points)  # (B, P, 4)
+        if pre.bounds is not None:
+            b = torch.as_tensor(pre.bounds, device=out.device, dtype=dtype)  # (4, 2)
+            out = torch.maximum(torch.minimum(out, b[:, 1]), b[:, 0])
+        return out * mask[..., None].to(dtype)
 
     def training_step(self, batch: Mapping[str, Tensor], step: int,
                       optimizers: Any) -> dict[str, Tensor]:
@@ -673,7 +694,8 @@ class MDMA(FamilyModule):
         scale = 1.0 / cfg.accumulate
         m = mask[..., None].to(real.dtype)
         # critic: real against generated showers of the same sizes
-        fake = self._generate_features(mask, cond).detach()
+        with torch.no_grad():
+            fake = self._generate_features(mask, cond)
         s_real, _ = self.critic(real, mask, cond, pre.mean_points)
         s_fake, _ = self.critic(fake, mask, cond, pre.mean_points)
         lam = torch.rand(real.shape[0], 1, 1, device=real.device, dtype=real.dtype)
@@ -691,7 +713,7 @@ class MDMA(FamilyModule):
             s_gen, mf_gen = self.critic(gen, mask, cond, pre.mean_points)
             with torch.no_grad():
                 _, mf_real = self.critic(real, mask, cond, pre.mean_points)
-            fm = ((mf_real - mf_gen) ** 2).sum(dim=-1).mean()
+            fm = ((mf_real - mf_gen) ** 2).mean()
             e_inc = batch["energy_mev"]
             rm = ((self._response(real, mask, e_inc) - self._response(gen, mask, e_inc))
                   ** 2).mean()
