@@ -19,7 +19,7 @@ def demo(
     n_regression: Annotated[int, typer.Option(
         help="Simulated 32^3 proton events for the regression step.")] = 8000,
     regression_steps: Annotated[int, typer.Option(
-        help="Training steps of the demo's small regressor (about 0.2 s each on 2 cores).")
+        help="Training steps of the demo's small regressor (about 0.27 s each on 2 cores).")
     ] = 1500,
     flow_steps: Annotated[int, typer.Option(
         help="Training steps of the demo's point-flow generator.")] = 300,
