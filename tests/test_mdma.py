@@ -200,3 +200,12 @@ def test_point_clouds_on_cartesian_cells(tmp_path: Path) -> None:
     s = sample_file(res.out_dir, tmp_path / "gen.h5", n=3, particle="gamma", steps=2,
                     progress=False, device="cpu")
     assert s["format"] == "pointcloud" and s["showers"] == 3
+
+
+def test_normalized_feature_matching_trains(ds2: Path, tmp_path: Path) -> None:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["model"]["feature_matching_norm"] = True
+    cfg["train"].update(max_steps=2, checkpoint_every=None, val_every=None)
+    train(cfg, ds2, tmp_path / "run", progress=False)
+    rows = _log(tmp_path / "run")
+    assert all(0 <= float(r["feature_matching"]) < 10 for r in rows if r["loss"])

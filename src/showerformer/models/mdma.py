@@ -365,6 +365,8 @@ class MDMAConfig(ModelConfig):
         critic_head_hidden: width of the critic's two-layer score head.
         gp_weight: weight of the gradient penalty.
         feature_matching_weight: weight of the mean-field feature matching in the generator loss.
+        feature_matching_norm: layer-normalize both mean fields (no gain or bias) before they
+            are compared, so the matching cannot grow with the critic's feature scale.
         response_matching_weight: weight of the response matching ``(eta_real - eta_fake)^2``.
         optimizer: ``"rmsprop"`` or ``"adam"`` (with ``beta1 = 0``) for critic and generator.
         critic_lr_ratio: critic learning rate over ``train.lr``.
@@ -387,6 +389,7 @@ class MDMAConfig(ModelConfig):
     critic_head_hidden: int = 32
     gp_weight: float = 10.0
     feature_matching_weight: float = 1.0
+    feature_matching_norm: bool = False
     response_matching_weight: float = 1.0
     optimizer: str = "rmsprop"
     critic_lr_ratio: float = 1.0
@@ -713,6 +716,10 @@ class MDMA(FamilyModule):
             s_gen, mf_gen = self.critic(gen, mask, cond, pre.mean_points)
             with torch.no_grad():
                 _, mf_real = self.critic(real, mask, cond, pre.mean_points)
+            if cfg.feature_matching_norm:
+                width = (mf_real.shape[-1],)
+                mf_real = torch.nn.functional.layer_norm(mf_real, width)
+                mf_gen = torch.nn.functional.layer_norm(mf_gen, width)
             fm = ((mf_real - mf_gen) ** 2).mean()
             e_inc = batch["energy_mev"]
             rm = ((self._response(real, mask, e_inc) - self._response(gen, mask, e_inc))
