@@ -315,3 +315,19 @@ def test_attention_can_be_differentiated_twice() -> None:
     assert torch.isfinite(penalty)
     for layer in (block.attn.q, block.attn.kv, block.phi):  # the attention is in the graph
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_non_residual_mean_field_replaces_the_field() -> None:
+    """With ``field_residual=False`` the incoming field enters only through the layer-normed
+    query, so an offset of the incoming field does not carry over to the outgoing one."""
+    from showerformer.nn.mean_field import MeanFieldBlock
+
+    torch.manual_seed(0)
+    replaced = MeanFieldBlock(8, 8, 2, 2, field_residual=False)
+    residual = MeanFieldBlock(8, 8, 2, 2)
+    residual.load_state_dict(replaced.state_dict())  # the same parameters
+    x, c, m = torch.randn(2, 5, 8), torch.randn(2, 2), torch.randn(2, 8)
+    _, out_replaced = replaced(x, m + 100.0, c)
+    _, out_residual = residual(x, m + 100.0, c)
+    assert (out_residual - 100.0).abs().mean() < 10.0  # the offset is kept
+    assert out_replaced.abs().mean() < 10.0  # the offset is gone

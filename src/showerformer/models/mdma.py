@@ -363,6 +363,8 @@ class MDMAConfig(ModelConfig):
         gen_hidden, gen_blocks, gen_heads: generator blocks (``h``, number, heads).
         critic_hidden, critic_blocks, critic_heads: critic blocks.
         critic_head_hidden: width of the critic's two-layer score head.
+        critic_field_residual: residual mean-field updates in the critic's blocks (False: the
+            mean field is replaced in every block, as in the authors' code).
         gp_weight: weight of the gradient penalty.
         feature_matching_weight: weight of the mean-field feature matching in the generator loss.
         feature_matching_norm: layer-normalize both mean fields (no gain or bias) before they
@@ -387,6 +389,7 @@ class MDMAConfig(ModelConfig):
     critic_blocks: int = 6
     critic_heads: int = 16
     critic_head_hidden: int = 32
+    critic_field_residual: bool = True
     gp_weight: float = 10.0
     feature_matching_weight: float = 1.0
     feature_matching_norm: bool = False
@@ -496,7 +499,8 @@ class MDMACritic(nn.Module):
         self.embed = WeightNormalizedLinear(len(FEATURES), embed)  # Phi
         self.act = nn.LeakyReLU(0.2)
         self.blocks = nn.ModuleList(
-            MeanFieldBlock(embed, hidden, config.critic_heads, _COND, weight_norm=True)
+            MeanFieldBlock(embed, hidden, config.critic_heads, _COND, weight_norm=True,
+                           field_residual=config.critic_field_residual)
             for _ in range(config.critic_blocks))
         k = config.critic_head_hidden
         self.head = nn.Sequential(WeightNormalizedLinear(embed + _COND, k), nn.LeakyReLU(0.2),

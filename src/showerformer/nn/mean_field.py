@@ -250,6 +250,8 @@ class MeanFieldBlock(nn.Module):
         weight_norm: every linear layer a :class:`WeightNormalizedLinear` (the critic) instead
             of ``nn.Linear`` (the generator).
         activation: the non-linearity; None: ``nn.LeakyReLU(0.2)``.
+        field_residual: ``m' = m + W_o u`` (True, the seed's residual); False:
+            ``m' = a(W_o u)``, the mean field replaced in every block as in the authors' code.
 
     References:
         Käch and Melzer-Pellmann, "Attention to Mean-Fields for Particle Cloud Generation"
@@ -267,6 +269,7 @@ class MeanFieldBlock(nn.Module):
         *,
         weight_norm: bool = False,
         activation: nn.Module | None = None,
+        field_residual: bool = True,
     ) -> None:
         super().__init__()
         if embed_dim < 1 or hidden < 1 or cond_dim < 0:
@@ -281,6 +284,7 @@ class MeanFieldBlock(nn.Module):
         self.update = _linear(hidden + cond_dim, hidden, weight_norm)
         self.psi = _linear(2 * hidden, embed_dim, weight_norm)
         self.field_out = _linear(hidden, embed_dim, weight_norm)
+        self.field_residual = bool(field_residual)
 
     def forward(
         self, x: Tensor, m: Tensor, c: Tensor, mask: Tensor | None = None, *,
@@ -314,5 +318,5 @@ class MeanFieldBlock(nn.Module):
         x = x + self.psi(pu)  # (B, N, l)
         if mask is not None:
             x = x.masked_fill(~mask[..., None], 0.0)
-        m = m + self.field_out(u)  # (B, l)
+        m = m + self.field_out(u) if self.field_residual else self.act(self.field_out(u))  # (B, l)
         return (x, m, weights) if need_weights else (x, m)
