@@ -66,12 +66,12 @@ from showerformer.geometry import CartesianGeometry, CylindricalGeometry, Geomet
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.models.family import FamilyModule
-from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig
+from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig, cap_counts
 from showerformer.models.point_flow import (
     check_condition_summary,
-    check_layers,
-    check_particles_known,
+    check_count_limits,
     condition_summary,
+    config_for_showers,
     count_limits,
 )
 from showerformer.nn.mean_field import MeanFieldBlock, WeightNormalizedLinear, mean_field_init
@@ -567,16 +567,7 @@ class MDMA(FamilyModule):
             raise InputError("point clouds without a geometry", path=train.path, key="geometry",
                              expected="showers on cells (voxel files, or point clouds that name "
                                       "their geometry): MDMA models cell-index coordinates")
-        overrides = cls.config_class.translate_legacy_keys(overrides)
-        layers = overrides.setdefault("n_calo_layers", geo.n_layers)
-        if layers != geo.n_layers:
-            raise InputError(f"n_calo_layers={layers} but the data has {geo.n_layers} layers",
-                             key="n_calo_layers", expected=f"{geo.n_layers} (or leave it unset)")
-        config = cls.config_class.from_dict(overrides)
-        for ds in (train, val):
-            if ds is not None:
-                check_particles_known(ds, config.particles)
-                check_layers(ds, config.n_calo_layers)
+        config = config_for_showers(cls.config_class, overrides, geo.n_layers, train, val)
         try:
             pre = MDMAPreprocessing.fit(train.points, train.conditions.energy, geo,
                                         rng=int(settings.get("seed", 0)))
@@ -611,12 +602,8 @@ class MDMA(FamilyModule):
             raise InputError(f"a geometry of {pre.n_layers} layers", key="preprocessing.points",
                              expected=f"{self.config.n_calo_layers} layers, as the model")
         check_condition_summary(state.get("conditions") or {}, "preprocessing.conditions")
-        limits = state.get("count_limits")
-        n = self.config.n_calo_layers
-        if limits is not None and not (isinstance(limits, list) and len(limits) == n and all(
-                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in limits)):
-            raise InputError("not one count per layer", key="preprocessing.count_limits",
-                             expected=f"a list of {n} non-negative integers")
+        check_count_limits(state.get("count_limits"), self.config.n_calo_layers,
+                           "preprocessing.count_limits")
         self.preprocessing = pre
         super().load_data_state(state, info)
 
@@ -805,16 +792,13 @@ class MDMA(FamilyModule):
         was_training = self.training
         self.eval()
         try:
-            if counts is None:
-                parts = [self.counts.sample({k: v[s:s + batch_size] for k, v in cond_all.items()},
-                                            generator=generator, steps=steps, sampler=sampler)
-                         for s in range(0, n_show, batch_size)]
-                counts = (torch.cat(parts) if parts else
-                          torch.zeros(0, self.config.n_calo_layers, dtype=torch.long))
-            counts = torch.as_tensor(counts, device=device).long()
             limits = self._data_state.get("count_limits")
-            if limits is not None:
-                counts = torch.minimum(counts, torch.as_tensor(limits, device=device))
+            if counts is None:
+                counts = self.counts.sample_capped(cond_all, batch_size=batch_size, limits=limits,
+                                                   generator=generator, steps=steps,
+                                                   sampler=sampler)
+            else:
+                counts = cap_counts(torch.as_tensor(counts, device=device), limits)
             n = counts.sum(dim=1).clamp_min(1)  # (N,)
             ragged: list[np.ndarray] = [np.zeros((0, 5))] * n_show
             order = np.argsort(n.cpu().numpy(), kind="stable")  # similar sizes share a call

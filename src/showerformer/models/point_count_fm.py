@@ -43,12 +43,21 @@ from showerformer.nn.conditioning import ConditionEmbedding
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, linear_schedule
 from showerformer.showers import Conditions
 
-__all__ = ["PointCountFM", "PointCountFMConfig", "counts_from_log", "log_counts"]
+__all__ = ["PointCountFM", "PointCountFMConfig", "cap_counts", "counts_from_log", "log_counts"]
 
 
 def log_counts(counts: Tensor) -> Tensor:
     """``y = log(n + 0.5)`` of non-negative counts (float32)."""
     return torch.log(counts.float().clamp_min(0) + 0.5)
+
+
+def cap_counts(counts: Any, limits: Any = None) -> Tensor:
+    """``counts`` (N, L) as int64, each layer capped at ``limits`` (L,) (None: unchanged)."""
+    counts = torch.as_tensor(counts).long()
+    if limits is None:
+        return counts
+    return torch.minimum(counts, torch.as_tensor(limits, dtype=counts.dtype,
+                                                 device=counts.device))
 
 
 def counts_from_log(y: Tensor) -> Tensor:
@@ -267,6 +276,37 @@ class PointCountFM(nn.Module):
         finally:
             self.train(was_training)
         return self.denormalize(z)
+
+    @torch.no_grad()
+    def sample_capped(
+        self,
+        conditions: Mapping[str, Tensor],
+        *,
+        batch_size: int,
+        limits: Any = None,
+        generator: torch.Generator | None = None,
+        steps: int = DEFAULT_STEPS,
+        sampler: str = DEFAULT_SAMPLER,
+    ) -> Tensor:
+        """:meth:`sample` in calls of at most ``batch_size`` showers, capped per layer.
+
+        Arguments:
+            conditions: as in :meth:`sample`, for all showers.
+            batch_size: showers per call.
+            limits: largest count per layer ``(L,)`` (None: no cap).
+            generator, steps, sampler: as in :meth:`sample`.
+
+        Returns:
+            ``(N, L)`` int64 counts on the model's device.
+        """
+        n = len(conditions["energy"])
+        device = self.out.weight.device
+        parts = [self.sample({k: v[s:s + batch_size] for k, v in conditions.items()},
+                             generator=generator, steps=steps, sampler=sampler)
+                 for s in range(0, n, batch_size)]
+        counts = (torch.cat(parts) if parts
+                  else torch.zeros(0, self.config.n_calo_layers, dtype=torch.long, device=device))
+        return cap_counts(counts, limits)
 
     @torch.no_grad()
     def generate(

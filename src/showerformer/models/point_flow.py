@@ -43,7 +43,7 @@ from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.models.family import FamilyModule
 from showerformer.models.panshower import PanShower, PanShowerConfig
-from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig
+from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig, cap_counts
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
 from showerformer.showers import Conditions, PointShowers
 
@@ -51,9 +51,11 @@ __all__ = [
     "PointFlow",
     "PointFlowConfig",
     "check_condition_summary",
+    "check_count_limits",
     "check_layers",
     "check_particles_known",
     "condition_summary",
+    "config_for_showers",
     "count_limits",
 ]
 
@@ -209,17 +211,7 @@ class PointFlow(FamilyModule):
                 (naming the key), a particle the model does not know or a layer index outside
                 the layers (naming the data file).
         """
-        overrides = cls.config_class.translate_legacy_keys(overrides)
-        n_layers = _n_layers(train)
-        layers = overrides.setdefault("n_calo_layers", n_layers)
-        if layers != n_layers:
-            raise InputError(f"n_calo_layers={layers} but the data has {n_layers} layers",
-                             key="n_calo_layers", expected=f"{n_layers} (or leave it unset)")
-        config = cls.config_class.from_dict(overrides)
-        for ds in (train, val):
-            if ds is not None:
-                check_particles_known(ds, config.particles)
-                check_layers(ds, config.n_calo_layers)
+        config = config_for_showers(cls.config_class, overrides, _n_layers(train), train, val)
         model = cls(config)
         model.fit_normalization(train.layer_counts(config.n_calo_layers))
         try:
@@ -276,12 +268,8 @@ class PointFlow(FamilyModule):
             raise InputError(f"preprocessing for {pre.n_layers} layers", key="preprocessing",
                              expected=f"{self.config.n_calo_layers} layers, as the model")
         check_condition_summary(state.get("conditions") or {}, "preprocessing.conditions")
-        limits = state.get("count_limits")
-        n = self.config.n_calo_layers
-        if limits is not None and not (isinstance(limits, list) and len(limits) == n and all(
-                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in limits)):
-            raise InputError("not one count per layer", key="preprocessing.count_limits",
-                             expected=f"a list of {n} non-negative integers")
+        check_count_limits(state.get("count_limits"), self.config.n_calo_layers,
+                           "preprocessing.count_limits")
         self.preprocessing, self.geometry = pre, geo
         super().load_data_state(state, info)
 
@@ -370,22 +358,14 @@ class PointFlow(FamilyModule):
         if pre is None:
             raise InputError("no fitted preprocessing", key="preprocessing",
                              expected="a model built by from_data or loaded from a checkpoint")
-        if counts is None:
-            device = self.counts.out.weight.device
-            cond = condition_tensors(conditions, pre, self.config.particles, device)
-            parts = []
-            for start in range(0, len(conditions), batch_size):
-                sl = slice(start, start + batch_size)
-                parts.append(self.counts.sample({k: v[sl] for k, v in cond.items()},
-                                                generator=generator, steps=steps,
-                                                sampler=sampler))
-            counts = (torch.cat(parts) if parts
-                      else torch.zeros(0, self.config.n_calo_layers, dtype=torch.long))
-        counts = torch.as_tensor(counts).long()
         limits = self._data_state.get("count_limits")
-        if limits is not None:
-            counts = torch.minimum(counts, torch.as_tensor(limits, dtype=counts.dtype,
-                                                           device=counts.device))
+        if counts is None:
+            cond = condition_tensors(conditions, pre, self.config.particles,
+                                     self.counts.out.weight.device)
+            counts = self.counts.sample_capped(cond, batch_size=batch_size, limits=limits,
+                                               generator=generator, steps=steps, sampler=sampler)
+        else:
+            counts = cap_counts(counts, limits)
         # showers of similar size share a batch (little padding); the order is restored after
         order = np.argsort(counts.sum(dim=1).cpu().numpy(), kind="stable")
         out = self.shower.generate(conditions[order], pre,
@@ -405,6 +385,38 @@ def _n_layers(ds: PointCloudDataset) -> int:
     if ds.geometry is not None:
         return int(ds.geometry.n_layers)
     return int(np.rint(ds.points[:, 4]).max()) + 1 if len(ds.points) else 1
+
+
+def config_for_showers(config_class: Any, overrides: Mapping[str, Any], n_layers: int,
+                       *datasets: PointCloudDataset | None) -> Any:
+    """The config of a point-cloud family for showers of ``n_layers`` layers: ``n_calo_layers``
+    set from the data (a different explicit value is an error), then every dataset's particles
+    and layer indices checked against it.
+
+    Raises:
+        InputError: a mismatching ``n_calo_layers`` or a bad config value (naming the key), or
+            a particle or layer index the model cannot take (naming the data file).
+    """
+    overrides = config_class.translate_legacy_keys(overrides)
+    layers = overrides.setdefault("n_calo_layers", n_layers)
+    if layers != n_layers:
+        raise InputError(f"n_calo_layers={layers} but the data has {n_layers} layers",
+                         key="n_calo_layers", expected=f"{n_layers} (or leave it unset)")
+    config = config_class.from_dict(overrides)
+    for ds in datasets:
+        if ds is not None:
+            check_particles_known(ds, config.particles)
+            check_layers(ds, config.n_calo_layers)
+    return config
+
+
+def check_count_limits(limits: Any, n_layers: int, key: str = "count_limits") -> None:
+    """Raise :class:`InputError` naming ``key`` unless ``limits`` is None or one non-negative
+    integer per layer (as :func:`count_limits` writes them into a checkpoint)."""
+    if limits is not None and not (isinstance(limits, list) and len(limits) == n_layers and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in limits)):
+        raise InputError("not one count per layer", key=key,
+                         expected=f"a list of {n_layers} non-negative integers")
 
 
 def check_layers(ds: PointCloudDataset, n_layers: int) -> None:
