@@ -51,11 +51,41 @@ def test_point_flow_benchmark_tiny(tmp_path: Path) -> None:
     assert "+ voxels ms/shower" in text and row["family"] == "point-flow"
 
 
+def test_point_flow_benchmark_resume_continues_training(tmp_path: Path) -> None:
+    """--resume keeps the plan, continues an unfinished run to its planned steps and does not
+    retrain a finished one; an interrupted part makes the training time unknown."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    kw = dict(datasets=("multi",), n_train=48, n_test=24, budget_minutes=0.05,
+              configs={"multi": cfg}, device="cpu", speed_batches=(1,), attention_points=(),
+              classifier="none", steps=2, plots=False)
+    out = tmp_path / "bench"
+    first = run_point_flow_benchmark(out, **kw)["datasets"]["multi"]
+    run_dir = out / "multi_run"
+    plan = json.loads((run_dir / "benchmark_plan.json").read_text())
+    assert plan["max_steps"] == first["steps"] and plan["train_seconds"] > 0
+    weights = (run_dir / "checkpoints" / "last.json").read_text()
+    again = run_point_flow_benchmark(out, resume=True, **kw)["datasets"]["multi"]
+    assert again["steps"] == first["steps"]
+    assert (run_dir / "checkpoints" / "last.json").read_text() == weights  # not retrained
+    assert again["train_seconds"] >= plan["train_seconds"]
+    # a run folder without a plan (interrupted before plans were kept): its training time is
+    # unknown, the planned steps come from its run_config.json
+    (run_dir / "benchmark_plan.json").unlink()
+    third = run_point_flow_benchmark(out, resume=True, **kw)["datasets"]["multi"]
+    assert third["steps"] == first["steps"] and third["train_seconds"] is None
+
+
 def test_point_flow_benchmark_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="datasets"):
         run_point_flow_benchmark(tmp_path, datasets=("ds9",))
     with pytest.raises(InputError, match="budget"):
         run_point_flow_benchmark(tmp_path, datasets=("ds2",), budget_minutes=0)
+    (tmp_path / "ds2_run").mkdir()
+    (tmp_path / "ds2_run" / "benchmark_plan.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"benchmark_plan\.json"):
+        run_point_flow_benchmark(tmp_path, datasets=("ds2",), n_train=16, n_test=4,
+                                 resume=True)
 
 
 def test_batch_shapes_follow_the_trainer_batches() -> None:

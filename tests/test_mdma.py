@@ -184,7 +184,7 @@ def test_init_from_fine_tunes_a_ds2_model_on_ds3(ds2: Path, tmp_path: Path) -> N
     with pytest.raises(InputError, match="--init-from"):
         train(cfg, ds3, tmp_path / "x", progress=False, init_from=base.out_dir, resume=True)
     reg = {"model": {"family": "point-flow"}, "train": cfg["train"], "data": {}}
-    with pytest.raises(InputError, match="a 'mdma' checkpoint .expected a 'point-flow'"):
+    with pytest.raises(InputError, match=r"a 'mdma' checkpoint .expected a 'point-flow'"):
         train(reg, ds2, tmp_path / "y", progress=False, init_from=base.out_dir)
 
 

@@ -41,6 +41,9 @@ TINY: dict[str, dict[str, Any]] = {
     "mdma": {"embed_dim": 8, "gen_hidden": 8, "gen_blocks": 2, "gen_heads": 2,
              "critic_hidden": 8, "critic_blocks": 2, "critic_heads": 2, "critic_head_hidden": 8,
              "counts": {"d_model": 16, "n_blocks": 1}},
+    "score-diffusion": {"embed_dim": 8, "hidden": 8, "n_heads": 2, "n_blocks": 2,
+                        "n_fourier": 4, "sampling_steps": 3, "correlation_features": ["x", "energy"],
+                        "correlation_weight": 0.1, "counts": {"d_model": 16, "n_blocks": 1}},
 }
 """The smallest config of every built-in family (the keys ``from_data`` does not set)."""
 

@@ -108,7 +108,7 @@ def test_samplers_do_not_track_gradients() -> None:
 
 
 def test_registry_schedule_and_errors() -> None:
-    assert set(SAMPLERS) == {"euler", "midpoint", "heun"}
+    assert set(SAMPLERS) == {"euler", "midpoint", "heun", "adaptive"}
     assert get_sampler(DEFAULT_SAMPLER) is sample_midpoint and DEFAULT_STEPS == 16
     s = linear_schedule()
     assert s.shape == (17,) and s[0] == 0 and s[-1] == 1
@@ -118,3 +118,21 @@ def test_registry_schedule_and_errors() -> None:
         linear_schedule(0)
     with pytest.raises(InputError, match="schedule"):
         sample_euler(lambda x, t, c: x, X0, torch.tensor([0.0]))
+
+
+def test_adaptive_sampler_integrates_a_linear_field_to_tolerance() -> None:
+    """dx/dt = -x from t = 0 to 1: x(1) = x(0) / e, within the solver's tolerance; the same
+    start gives the same result."""
+    from showerformer.samplers import sample_adaptive
+
+    x0 = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = {}
+    out = sample_adaptive(lambda x, t, c: -x, x0, linear_schedule(1, dtype=torch.float64),
+                          callback=seen.update, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(out, x0 * math.exp(-1.0), rtol=1e-6, atol=1e-8)
+    assert seen["nfe"] > 6 and out.shape == x0.shape
+    assert torch.equal(out, sample_adaptive(lambda x, t, c: -x, x0.clone(),
+                                            linear_schedule(1, dtype=torch.float64),
+                                            rtol=1e-8, atol=1e-10))
+    with pytest.raises(InputError, match="rtol"):
+        sample_adaptive(lambda x, t, c: -x, x0, linear_schedule(1), rtol=0.0)

@@ -151,18 +151,19 @@ def check_sample_options(*, n: int, particle: str | None = None, energy: str | N
     Raises:
         InputError: naming the option (``--n``, ``--steps``, ``--sampler``, ...).
     """
-    from showerformer.samplers import get_sampler
+    from showerformer.models import MODELS
+    from showerformer.samplers import SAMPLERS
 
     check_count(n, "--n", "at least one shower")
     check_count(batch_size, "--batch-size", "a positive number of showers per network call")
     if steps is not None:
         check_count(steps, "--steps", "at least one ODE step")
     check_count(seed, "--seed", "an integer >= 0", minimum=0)
-    if sampler is not None:
-        try:
-            get_sampler(sampler)
-        except InputError as exc:
-            raise _rekey(exc, "--sampler") from None
+    if sampler is not None:  # any family's; the family's generate checks its own
+        known = sorted(set(SAMPLERS).union(*(getattr(c, "samplers", ()) for c in MODELS.values())))
+        if sampler not in known:
+            raise InputError(f"unknown sampler {sampler!r}", key="--sampler",
+                             expected="one of " + ", ".join(known))
     if format not in OUTPUT_FORMATS:
         raise InputError(f"format {format!r}", key="--format",
                          expected=" or ".join(OUTPUT_FORMATS))

@@ -1,8 +1,9 @@
-"""``showerformer benchmark point-flow``: train, sample and evaluate the point-cloud generator.
+"""``showerformer benchmark point-flow``: train, sample and evaluate a point-cloud generator.
 
 For each dataset (the built-in ds2-like electrons, the multi-particle Fe/scintillator set):
 simulate a training and an independent held-out file; time a few training steps and set the
-number of steps that fits the stated time budget; train PanShower + PointCountFM with the shared
+number of steps that fits the stated time budget; train the configured family (point-flow by
+default: PanShower + PointCountFM; ``--config`` picks MDMA or score diffusion) with the shared
 engine; generate as many showers as the held-out set has, with the same incident particles;
 compare them with the evaluation suite (classifier AUCs, FPD, KPD, separation powers; per
 particle type for the multi-particle set). Then time sampling at the requested batch sizes
@@ -262,6 +263,8 @@ def run_point_flow_benchmark(
     steps: int | None = None,
     sampler: str | None = None,
     plots: bool = True,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the point-flow benchmark; writes ``summary.json`` into ``out_dir`` and returns it.
@@ -283,6 +286,13 @@ def run_point_flow_benchmark(
         classifier: evaluation classifier mode (``cpu``, ``full``, ``none``).
         steps, sampler: ODE integration for sampling.
         plots: write the evaluation plots.
+        overrides: ``KEY=VALUE`` changes of every dataset's run config (``--set``, e.g.
+            ``model.sde=vp``).
+        resume: continue an interrupted benchmark in ``out_dir``: data files are reused, a
+            dataset's training continues from its last checkpoint to the planned number of
+            steps (the probe is not repeated), a finished training is not repeated. The
+            training time is recorded only when every step ran under the benchmark with
+            ``resume`` or in one go (``train_seconds`` is then the sum of its parts).
         say: progress messages.
     """
     from showerformer.benchmark.regression import default_config_path
@@ -303,29 +313,54 @@ def run_point_flow_benchmark(
                          expected="a positive number of minutes")
     configs = dict(configs or {})
     summary: dict[str, Any] = {"datasets": {}, "budget_minutes": budget_minutes,
+                               "overrides": list(overrides),
                                "n_train": n_train, "n_test": n_test, "seed": seed,
                                "torch_threads": torch.get_num_threads()}
     for name in datasets:
         cfg_path = default_config_path(str(configs.get(name, DATASET_CONFIGS[name])))
         run = load_yaml(cfg_path)
+        if overrides:
+            from showerformer.training.config import apply_overrides
+
+            run = apply_overrides(run, overrides)
         run = {k: dict(run.get(k) or {}) for k in ("model", "train", "data")}
         train_file = _simulate(out / f"{name}_train.h5", name, n_train, seed)
         test_file = _simulate(out / f"{name}_test.h5", name, n_test, seed + 1)
-        say(f"{name}: timing training steps")
-        probe = _probe_step_seconds(train_file, run, out / f"{name}_probe", 24, device)
-        step_s = probe["predicted"]
-        budget_steps = max(1, int(budget_minutes * 60 / step_s))
-        cap = run["train"].get("max_steps")
-        total = min(budget_steps, int(cap)) if cap else budget_steps
+        run_dir = out / f"{name}_run"
+        plan_file = run_dir / "benchmark_plan.json"
+        plan = _read_plan(plan_file, run_dir) if resume else None
+        if plan is None:
+            say(f"{name}: timing training steps")
+            probe = _probe_step_seconds(train_file, run, out / f"{name}_probe", 24, device)
+            step_s = probe["predicted"]
+            budget_steps = max(1, int(budget_minutes * 60 / step_s))
+            cap = run["train"].get("max_steps")
+            total = min(budget_steps, int(cap)) if cap else budget_steps
+            plan = {"max_steps": total, "step_seconds_predicted": step_s,
+                    "step_seconds_probe_mean": probe["probe_mean"],
+                    "warmup_steps": min(int(run["train"].get("warmup_steps", 0)), total // 10),
+                    "train_seconds": 0.0}
+            continuing = False
+        else:
+            total, step_s = int(plan["max_steps"]), plan.get("step_seconds_predicted")
+            continuing = True
         run["train"]["max_steps"] = total
         run["train"]["epochs"] = None
-        run["train"]["warmup_steps"] = min(int(run["train"].get("warmup_steps", 0)), total // 10)
-        say(f"{name}: training {total:,} steps (~{step_s:.2f} s each) in a "
-            f"{budget_minutes:g}-minute budget")
+        run["train"]["warmup_steps"] = int(plan["warmup_steps"])
+        say(f"{name}: {'continuing' if continuing else 'training'} {total:,} steps"
+            + (f" (~{step_s:.2f} s each)" if step_s else "")
+            + f" in a {budget_minutes:g}-minute budget")
+        prior_s = plan.get("train_seconds")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write(plan_file, {**plan, "train_seconds": None})  # unknown if interrupted
         t0 = time.perf_counter()
-        res = train(run, train_file, out / f"{name}_run", device=device, progress=True,
-                    overwrite=True)
-        train_s = time.perf_counter() - t0
+        res = train(run, train_file, run_dir, device=device, progress=True,
+                    overwrite=not continuing, resume=continuing)
+        elapsed = time.perf_counter() - t0
+        train_s = None if prior_s is None else float(prior_s) + elapsed
+        plan["train_seconds"] = train_s
+        _write(plan_file, plan)
+        probe = {"probe_mean": plan.get("step_seconds_probe_mean")}
         model, _ = load_generator(res.out_dir, device=device or "auto")
         params = model.n_parameters()
         test = read_showers(test_file)
@@ -340,7 +375,7 @@ def run_point_flow_benchmark(
             "steps": res.step, "epochs": res.epoch,
             "train_seconds": train_s, "step_seconds_predicted": step_s,
             "step_seconds_probe_mean": probe["probe_mean"],
-            "step_seconds_actual": train_s / max(res.step, 1),
+            "step_seconds_actual": None if train_s is None else train_s / max(res.step, 1),
             "best_val_loss": res.best_val_loss, "parameters": params,
             "showers_seen": res.step * int(run["train"].get("batch_size", 32)),
             "generate_seconds": gen_s, "generate_ms_per_shower": 1e3 * gen_s / len(cond),
@@ -355,6 +390,9 @@ def run_point_flow_benchmark(
             gen_v = gen.to_voxels(outside="drop")
             row["evaluation"] = {"e-": _evaluate(test, gen_v, out / f"{name}_eval", classifier,
                                                  seed, ("low", "low_normed", "high"), plots)}
+            from showerformer.benchmark.samplers import energy_dependence
+
+            row["energy_dependence"] = energy_dependence(test, gen_v)
         else:
             row["evaluation"] = {}
             from showerformer.incident import PARTICLES
@@ -382,6 +420,33 @@ def run_point_flow_benchmark(
         summary["attention"] = attention_cost(points=tuple(attention_points), device=dev)
     _write(out / "summary.json", summary)
     return summary
+
+
+def _read_plan(plan_file: Path, run_dir: Path) -> dict[str, Any] | None:
+    """The training plan of an earlier benchmark run in ``run_dir`` (None: start afresh).
+
+    A run folder without a plan (a run from before plans were kept) is continued to the
+    ``max_steps`` its ``run_config.json`` records; its training time is then unknown."""
+    if plan_file.is_file():
+        try:
+            plan = json.loads(plan_file.read_text())
+            int(plan["max_steps"]), int(plan["warmup_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"{plan_file}", key="max_steps",
+                             expected="the benchmark's JSON training plan; delete the "
+                                      "folder to start afresh") from None
+        return dict(plan)
+    cfg = run_dir / "run_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        t = json.loads(cfg.read_text())["train"]
+        return {"max_steps": int(t["max_steps"]), "warmup_steps": int(t.get("warmup_steps") or 0),
+                "step_seconds_predicted": None, "step_seconds_probe_mean": None,
+                "train_seconds": None}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{cfg}", key="train.max_steps",
+                         expected="a run configuration with an integer max_steps") from None
 
 
 def _write(path: Path, data: Mapping[str, Any]) -> None:

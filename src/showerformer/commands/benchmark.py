@@ -178,7 +178,8 @@ def point_flow_tables(summary: dict[str, Any]) -> list[Any]:
             q.add_row(d.get("family", "point-flow"), name, particle, pm(ev, "auc_low"), pm(ev, "auc_low_normed"),
                       pm(ev, "auc_high"), pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"),
                       _f(ev.get("separation_mean")), f"{d['steps']:,}",
-                      f"{d['train_seconds'] / 60:.1f}", f"{d['parameters']['total']:,}")
+                      "?" if d.get("train_seconds") is None else f"{d['train_seconds'] / 60:.1f}",
+                      f"{d['parameters']['total']:,}")
     speed = ResultTable("sampling speed (count model + shower model, midpoint 16 steps unless "
                         "set; + voxelization into the cells)",
                         ["model", "dataset", "batch", "chunk", "ms/shower", "+ voxels ms/shower",
@@ -193,6 +194,10 @@ def point_flow_tables(summary: dict[str, Any]) -> list[Any]:
                           _f(r["mean_points"], 4), _f(r["peak_memory_gib"]),
                           _f(r.get("baseline_memory_gib")), r["memory_kind"], r["device"])
     out: list[Any] = [q, speed]
+    for name, d in summary["datasets"].items():
+        if d.get("energy_dependence"):
+            out.append(energy_dependence_table(d["energy_dependence"],
+                                               f"{d.get('family', 'point-flow')} on {name}"))
     if summary.get("attention"):
         from showerformer.benchmark.attention import format_attention_table
 
@@ -242,6 +247,13 @@ def point_flow(
     seed: Annotated[int, typer.Option(help="Seed of data, training and sampling.")] = 0,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the evaluation plots.")
                         ] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted benchmark in --out: reuse its data, continue "
+                         "each training from its last checkpoint, skip finished ones.")
+                      ] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE change of every dataset's run config (YAML value), "
+                      "repeatable, e.g. --set model.sde=vp.")] = None,
 ) -> None:
     """Train PanShower + PointCountFM on ds2-like electrons and on the multi-particle set within
     a time budget, sample, and evaluate against held-out showers; time sampling and attention."""
@@ -271,7 +283,8 @@ def point_flow(
         out, datasets=[d.strip() for d in datasets.split(",") if d.strip()], n_train=n_train,
         n_test=n_test, budget_minutes=budget_minutes, configs=configs, device=device, seed=seed,
         speed_batches=ints(speed_batches), attention_points=ints(attention_points) or (),
-        classifier=classifier, plots=not no_plots, say=lambda msg: console.rule(msg, style="dim"))
+        classifier=classifier, plots=not no_plots, resume=resume, overrides=tuple(set_ or ()),
+        say=lambda msg: console.rule(msg, style="dim"))
     print_point_flow_tables(summary, console)
 
 
@@ -467,3 +480,97 @@ def mean_field(
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def energy_dependence_table(rows: list[dict[str, Any]], what: str) -> Any:
+    """Hits and mean radius per incident-energy bin, reference against generated."""
+    from showerformer.commands.tables import ResultTable
+
+    t = ResultTable(f"hits and radius per incident energy ({what}; radius: energy-weighted mean "
+                    "distance from the axis)",
+                    ["energy", "showers", "hits ref", "hits gen", "hits sep. power",
+                     "radius ref mm", "radius gen mm", "radius gen/ref - 1"],
+                    left=frozenset({"energy"}))
+    for r in rows:
+        rel = r.get("radius_rel_diff")
+        t.add_row(r["bin"], f"{r['n']:,}", _f(r.get("hits_ref"), 1), _f(r.get("hits_gen"), 1),
+                  _f(r.get("hits_separation")), _f(r.get("radius_ref"), 1),
+                  _f(r.get("radius_gen"), 1), "-" if rel is None else f"{100 * rel:+.1f} %")
+    return t
+
+
+def sampler_tables(summary: dict[str, Any]) -> list[Any]:
+    """The sampler benchmark's tables: quality against network evaluations, speed, and the
+    energy dependence of every sampler."""
+    from showerformer.commands.tables import ResultTable
+
+    def pm(row: dict[str, Any], key: str) -> str:
+        v, e = row.get(key), row.get(f"{key}_err")
+        return _f(v) if e is None or v is None else f"{_f(v)} ± {_f(e)}"
+
+    q = ResultTable(f"{summary['family']} samplers vs {summary['n_showers']:,} held-out showers "
+                    f"({summary['device']}, {summary['torch_threads']} threads)",
+                    ["sampler", "steps", "evaluations", "AUC high", "FPD x1e3", "KPD x1e3",
+                     "mean sep. power", "hits sep. (top bin)", "radius gen/ref - 1 (top bin)",
+                     "generate ms/shower"], left=frozenset({"sampler"}))
+    speed = ResultTable("sampling speed per sampler (count model included)",
+                        ["sampler", "steps", "batch", "ms/shower", "+ voxels ms/shower"],
+                        left=frozenset({"sampler"}))
+    for r in summary["samplers"]:
+        ev, top = r["evaluation"], (r.get("energy_dependence") or [{}])[-1]
+        rel = top.get("radius_rel_diff")
+        steps = "default" if r["steps"] is None else str(r["steps"])
+        q.add_row(r["sampler"], steps, _f(r.get("evaluations"), 0), pm(ev, "auc_high"),
+                  pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"), _f(ev.get("separation_mean")),
+                  _f(top.get("hits_separation")), "-" if rel is None else f"{100 * rel:+.1f} %",
+                  _f(r["generate_ms_per_shower"]))
+        for s in r.get("speed", []):
+            speed.add_row(r["sampler"], steps, f"{s['batch']:,}", _f(s["ms_per_shower"]),
+                          _f(s.get("ms_per_shower_voxelized")))
+    return [q, speed]
+
+
+@benchmark_app.command("samplers")
+def samplers(
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint of a point-cloud "
+                                                    "generator.")],
+    data: Annotated[Path, typer.Option("--data", help="Held-out voxel showers (e.g. the "
+                                                      "ds2_test.h5 of benchmark point-flow).")],
+    out: Annotated[Path, typer.Option(help="Output folder (samplers.json, reports).")
+                   ] = Path("benchmark_samplers"),
+    sampler: Annotated[list[str] | None, typer.Option(
+        "--sampler", help="NAME:STEPS or NAME, repeatable (default: pc:50, pc:100, pc:200, "
+                          "pc:500, euler:8, euler:16, euler:32, adaptive).")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Held-out showers to generate (default: "
+                                                      "all).")] = None,
+    speed_batches: Annotated[str, typer.Option(
+        help="Comma-separated batch sizes of the speed test ('' to skip).")] = "1,100",
+    classifier: Annotated[str, typer.Option(help="cpu, full or none.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Quality (AUC, FPD, KPD, separation powers, hits and radius per energy) and speed of a
+    generator's samplers against their number of network evaluations."""
+    from rich.console import Console
+
+    from showerformer.benchmark.samplers import run_sampler_benchmark
+    from showerformer.commands.tables import ResultTable, show_table
+    from showerformer.errors import InputError
+
+    try:
+        batches = [int(x) for x in speed_batches.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{speed_batches!r}", key="--speed-batches",
+                         expected="comma-separated integers") from None
+    console = Console()
+    kwargs = {} if not sampler else {"samplers": sampler}
+    summary = run_sampler_benchmark(checkpoint, data, out, n_showers=n, speed_batches=batches,
+                                    classifier=classifier, seed=seed, device=device,
+                                    say=lambda msg: console.rule(msg, style="dim"), **kwargs)
+    tables = sampler_tables(summary)
+    for r in summary["samplers"]:
+        label = r["sampler"] + ("" if r["steps"] is None else f":{r['steps']}")
+        tables.append(energy_dependence_table(r["energy_dependence"], label))
+    for t in tables:
+        if isinstance(t, ResultTable):
+            show_table(t, console)

@@ -166,11 +166,12 @@ def sample(
         "--format", help="calochallenge (voxelized through the training geometry), "
                          "pointcloud, or auto (voxels when trained on voxels).")] = "auto",
     steps: Annotated[int | None, typer.Option(
-        "--steps", help="Network evaluations of the family's sampler (point-flow: ODE steps, "
-                        "default 16).")] = None,
+        "--steps", help="Steps of the family's sampler (point-flow: ODE steps, default 16; "
+                        "score-diffusion: diffusion steps, default from its config).")] = None,
     sampler: Annotated[str | None, typer.Option(
-        "--sampler", help="The family's sampler (point-flow: midpoint (default), heun or "
-                          "euler).")] = None,
+        "--sampler", help="The family's sampler (point-flow: midpoint (default), heun, euler "
+                          "or adaptive; score-diffusion: pc, euler-maruyama, or those four "
+                          "for the probability-flow ODE).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Showers per network call (default: the family's).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of conditions and noise.")] = 0,

@@ -62,3 +62,4 @@ def get_model_class(name: str) -> type[nn.Module]:
 from showerformer.models import mdma as mdma  # noqa: E402  (after point_flow: it reuses its checks)
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
 from showerformer.models import point_flow as point_flow  # noqa: E402
+from showerformer.models import score_diffusion as score_diffusion  # noqa: E402

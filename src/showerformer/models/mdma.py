@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -66,7 +65,11 @@ from showerformer.geometry import CartesianGeometry, CylindricalGeometry, Geomet
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.models.family import FamilyModule
-from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig, cap_counts
+from showerformer.models.point_count_fm import (
+    CountsSection,
+    PointCountFM,
+    cap_counts,
+)
 from showerformer.models.point_flow import (
     check_condition_summary,
     check_count_limits,
@@ -353,7 +356,7 @@ class MDMACollate:
 
 
 @dataclass(frozen=True)
-class MDMAConfig(ModelConfig):
+class MDMAConfig(CountsSection, ModelConfig):
     """Hyper-parameters of :class:`MDMA` (defaults: the seed's dataset-2 model).
 
     Attributes:
@@ -421,36 +424,7 @@ class MDMAConfig(ModelConfig):
             raise bad("critic_lr_ratio", "a positive ratio")
         if self.optimizer not in _OPTIMIZERS:
             raise bad("optimizer", " or ".join(_OPTIMIZERS))
-        shared = sorted({"n_calo_layers", "particles"} & set(self.counts))
-        if shared:
-            raise InputError(f"{shared[0]} inside counts", key=f"counts.{shared[0]}",
-                             expected="set at the top level")
-        object.__setattr__(self, "counts", dict(self.counts))
-        self.counts_config()
-
-    def counts_config(self) -> PointCountFMConfig:
-        """The count model's config."""
-        try:
-            return PointCountFMConfig.from_dict({"n_calo_layers": self.n_calo_layers,
-                                                 "particles": self.particles, **self.counts})
-        except InputError as exc:
-            raise InputError(exc.what, key=f"counts.{exc.key}", expected=exc.expected) from None
-
-    def resolved_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` with the ``counts`` section expanded to every key of its config."""
-        out = self.to_dict()
-        out["counts"] = {k: v for k, v in self.counts_config().to_dict().items()
-                         if k not in ("n_calo_layers", "particles")}
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (tuples become lists, also inside ``counts``)."""
-        def plain(v: Any) -> Any:
-            return list(v) if isinstance(v, tuple) else v
-
-        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["counts"] = {k: plain(v) for k, v in self.counts.items()}
-        return out
+        self.check_counts()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ from showerformer.nn.layer_window import (
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, linear_schedule
 from showerformer.showers import Conditions, PointShowers
 
-__all__ = ["PanShower", "PanShowerBlock", "PanShowerConfig", "PanShowerSample"]
+__all__ = ["PanShower", "PanShowerBlock", "PanShowerConfig", "PanShowerSample", "generate_in_chunks"]
 
 _OT_MODES = ("none", "shower", "layer")
 
@@ -422,33 +422,76 @@ class PanShower(nn.Module):
             steps, sampler: ODE integration.
             batch_size: showers generated at once, at most.
             geometry: attached to the returned showers.
-            max_padding: a network call holds consecutive showers whose padding to the largest
-                stays within this share of their points (see
-                :func:`~showerformer.data.batching.size_chunks`); pass the showers sorted by
-                size to fill the calls.
+            max_padding: a network call holds showers of similar size whose padding to the
+                largest stays within this share of their points (see
+                :func:`generate_in_chunks`).
 
         Returns:
             :class:`PointShowers` with ``(N, P, 5)`` points (x, y, z, E, layer).
         """
         device = self.out.weight.device
-        cond_all = condition_tensors(conditions, preprocessing, self.config.particles, device)
         n = len(conditions)
         if counts is None:
             if count_model is None:
                 raise InputError("neither counts nor a count model", key="counts",
                                  expected="points per layer (N, L) or a PointCountFM")
+            cond_all = condition_tensors(conditions, preprocessing, self.config.particles, device)
             counts = count_model.sample(cond_all, generator=generator, steps=steps,  # type: ignore[operator]
                                         sampler=sampler)
         counts = torch.as_tensor(counts, device=device).long()
         if counts.shape != (n, self.config.n_calo_layers):
             raise InputError(f"counts of shape {tuple(counts.shape)}", key="counts",
                              expected=f"({n}, {self.config.n_calo_layers})")
-        ragged: list[np.ndarray] = []
-        for sl in size_chunks(counts.sum(dim=1).cpu().numpy(), batch_size, max_padding):
-            out = self.sample({k: v[sl] for k, v in cond_all.items()}, counts[sl],
-                              generator=generator, steps=steps, sampler=sampler)
-            pts = preprocessing.inverse(out.x, out.layer, out.mask)  # (b, P, 5)
-            m = out.mask.cpu().numpy()
-            ragged += [p[r] for p, r in zip(pts, m, strict=True)]
-        return PointShowers.from_ragged(ragged, conditions, geometry)
+        return generate_in_chunks(
+            lambda c, k: self.sample(c, k, generator=generator, steps=steps, sampler=sampler),
+            conditions, counts, preprocessing, self.config.particles, batch_size=batch_size,
+            geometry=geometry, device=device, max_padding=max_padding)
+
+
+def generate_in_chunks(
+    sample: Callable[[dict[str, Tensor], Tensor], PanShowerSample],
+    conditions: Conditions,
+    counts: Tensor,
+    preprocessing: PointPreprocessing,
+    particles: tuple[int, ...],
+    *,
+    batch_size: int,
+    geometry: Geometry | None,
+    device: torch.device | str,
+    max_padding: float = 0.25,
+) -> PointShowers:
+    """Physical showers from a point sampler, in network calls of showers of similar size.
+
+    The showers are sorted by their number of points, cut into calls of at most ``batch_size``
+    whose padding stays within ``max_padding`` (:func:`~showerformer.data.batching.size_chunks`),
+    sampled by ``sample(conditions, counts)`` in the normalized space, made physical by the
+    preprocessing, and returned in the order of ``conditions``.
+
+    Arguments:
+        sample: e.g. ``PanShower.sample`` with its sampler settings bound.
+        conditions: incident particles.  # N showers
+        counts: points per layer.  # (N, L)
+        preprocessing: the fitted point transform.
+        particles: the model's PDG ids (for the condition tensors).
+        batch_size, max_padding: as in ``size_chunks``.
+        geometry: attached to the result.
+        device: of the condition tensors.
+
+    Returns:
+        :class:`PointShowers` with ``(N, P, 5)`` points (x, y, z, E, layer).
+    """
+    cond_all = condition_tensors(conditions, preprocessing, particles, device)
+    counts = torch.as_tensor(counts, device=device).long()
+    sizes = counts.sum(dim=1).cpu().numpy()
+    order = np.argsort(sizes, kind="stable")
+    rows_all = torch.as_tensor(order, device=device)
+    ragged: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(conditions)
+    for sl in size_chunks(sizes[order], batch_size, max_padding):
+        rows = rows_all[sl]
+        out = sample({k: v[rows] for k, v in cond_all.items()}, counts[rows])
+        pts = preprocessing.inverse(out.x, out.layer, out.mask)  # (b, P, 5)
+        m = out.mask.cpu().numpy()
+        for j, p, r in zip(order[sl], pts, m, strict=True):
+            ragged[int(j)] = p[r]
+    return PointShowers.from_ragged(ragged, conditions, geometry)
 

@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -145,6 +146,51 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:  # (B, W), (B, W) -> (B, W)
         return h + self.net(self.norm(h) + self.cond(c))
+
+
+
+class CountsSection:
+    """Mixin of the configs of point-cloud families whose ``counts`` field holds the
+    :class:`PointCountFMConfig` keys of their count model (without the shared
+    ``n_calo_layers`` and ``particles``, set at the top level). Call :meth:`check_counts` in
+    ``__post_init__``."""
+
+    n_calo_layers: int
+    particles: tuple[int, ...]
+    counts: dict[str, Any]
+
+    def check_counts(self) -> None:
+        """Refuse the shared keys inside ``counts`` and validate the section, naming the key."""
+        shared = sorted({"n_calo_layers", "particles"} & set(self.counts))
+        if shared:
+            raise InputError(f"{shared[0]} inside counts", key=f"counts.{shared[0]}",
+                             expected="set at the top level")
+        object.__setattr__(self, "counts", dict(self.counts))
+        self.counts_config()
+
+    def counts_config(self) -> PointCountFMConfig:
+        """The count model's config."""
+        try:
+            return PointCountFMConfig.from_dict({"n_calo_layers": self.n_calo_layers,
+                                                 "particles": self.particles, **self.counts})
+        except InputError as exc:
+            raise InputError(exc.what, key=f"counts.{exc.key}", expected=exc.expected) from None
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the ``counts`` section expanded to every key of its config."""
+        out = self.to_dict()
+        out["counts"] = {k: v for k, v in self.counts_config().to_dict().items()
+                         if k not in ("n_calo_layers", "particles")}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuples become lists, also inside ``counts``)."""
+        def plain(v: Any) -> Any:
+            return list(v) if isinstance(v, tuple) else v
+
+        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        out["counts"] = {k: plain(v) for k, v in self.counts.items()}
+        return out
 
 
 class PointCountFM(nn.Module):

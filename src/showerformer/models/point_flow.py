@@ -42,7 +42,7 @@ from showerformer.geometry import Geometry
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.models.family import FamilyModule
-from showerformer.models.panshower import PanShower, PanShowerConfig
+from showerformer.models.panshower import PanShower, PanShowerConfig, generate_in_chunks
 from showerformer.models.point_count_fm import PointCountFM, PointCountFMConfig, cap_counts
 from showerformer.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
 from showerformer.showers import Conditions, PointShowers
@@ -345,15 +345,11 @@ class PointFlow(FamilyModule):
             InputError: a batch size or a number of steps below 1, an unknown sampler (before
                 any sampling), or a model without its fitted preprocessing.
         """
-        steps = DEFAULT_STEPS if steps is None else steps
-        sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        steps, sampler = self.sampling_options(steps, sampler)
         batch_size = 256 if batch_size is None else batch_size
         if int(batch_size) < 1:
             raise InputError(f"batch_size={batch_size!r}", key="batch_size",
                              expected="a positive number of showers")
-        if int(steps) < 1:
-            raise InputError(f"steps={steps!r}", key="steps", expected="at least one step")
-        get_sampler(sampler)  # an unknown name fails here, not after the count model ran
         pre = self.preprocessing
         if pre is None:
             raise InputError("no fitted preprocessing", key="preprocessing",
@@ -363,16 +359,35 @@ class PointFlow(FamilyModule):
             cond = condition_tensors(conditions, pre, self.config.particles,
                                      self.counts.out.weight.device)
             counts = self.counts.sample_capped(cond, batch_size=batch_size, limits=limits,
-                                               generator=generator, steps=steps, sampler=sampler)
+                                               generator=generator,
+                                               **self.count_sampling_options(steps, sampler))
         else:
             counts = cap_counts(counts, limits)
-        # showers of similar size share a batch (little padding); the order is restored after
-        order = np.argsort(counts.sum(dim=1).cpu().numpy(), kind="stable")
-        out = self.shower.generate(conditions[order], pre,
-                                   counts=counts[torch.as_tensor(order, device=counts.device)],
-                                   generator=generator, steps=steps, sampler=sampler,
-                                   batch_size=batch_size, geometry=self.geometry)
-        return out[np.argsort(order)]
+        # showers of similar size share a network call (little padding)
+        return generate_in_chunks(
+            lambda c, k: self.sample(c, counts=k, generator=generator, steps=steps,
+                                     sampler=sampler),
+            conditions, counts, pre, self.config.particles, batch_size=int(batch_size),
+            geometry=self.geometry, device=self.counts.out.weight.device)
+
+    def sampling_options(self, steps: int | None, sampler: str | None) -> tuple[int, str]:
+        """The steps and sampler of :meth:`generate` (defaults filled in), checked before any
+        sampling.
+
+        Raises:
+            InputError: fewer than one step or an unknown sampler.
+        """
+        steps = DEFAULT_STEPS if steps is None else steps
+        sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        if int(steps) < 1:
+            raise InputError(f"steps={steps!r}", key="steps", expected="at least one step")
+        get_sampler(sampler)  # an unknown name fails here, not after the count model ran
+        return int(steps), sampler
+
+    def count_sampling_options(self, steps: int, sampler: str) -> dict[str, Any]:
+        """The count model's ``steps`` and ``sampler`` in :meth:`generate` (point-flow: those
+        of the shower flow)."""
+        return {"steps": steps, "sampler": sampler}
 
     def n_parameters(self) -> dict[str, int]:
         """Parameters of both models and in total."""

@@ -226,7 +226,8 @@ class MeanFieldBlock(nn.Module):
     With points ``x_i`` (l channels), mean field ``m`` (l), conditions ``c`` and the activation
     ``a`` (LeakyReLU(0.2) by default):
 
-    1. per point ``p_i = a(phi(x_i))``, ``phi: l -> h``;
+    1. per point ``p_i = a(phi(x_i))``, ``phi: l -> h`` (``x_i`` layer-normalized first with
+       ``point_norm``);
     2. ``q = LayerNorm(W_m m)``, ``W_m: l -> h``;
     3. ``s = MeanFieldAttention(q, p, mask)`` (the mean field attends to the real points);
     4. ``u = a(W_u [s, c])``, ``W_u: h + c -> h`` (the update by energy and multiplicity);
@@ -252,6 +253,9 @@ class MeanFieldBlock(nn.Module):
         activation: the non-linearity; None: ``nn.LeakyReLU(0.2)``.
         field_residual: ``m' = m + W_o u`` (True, the seed's residual); False:
             ``m' = a(W_o u)``, the mean field replaced in every block as in the authors' code.
+        point_norm: layer-normalize the points before ``phi`` (a pre-norm residual block, as
+            in the score transformer of seed 003, whose inputs change scale with the noise);
+            False: no norm (MDMA).
 
     References:
         Käch and Melzer-Pellmann, "Attention to Mean-Fields for Particle Cloud Generation"
@@ -270,6 +274,7 @@ class MeanFieldBlock(nn.Module):
         weight_norm: bool = False,
         activation: nn.Module | None = None,
         field_residual: bool = True,
+        point_norm: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim < 1 or hidden < 1 or cond_dim < 0:
@@ -285,6 +290,7 @@ class MeanFieldBlock(nn.Module):
         self.psi = _linear(2 * hidden, embed_dim, weight_norm)
         self.field_out = _linear(hidden, embed_dim, weight_norm)
         self.field_residual = bool(field_residual)
+        self.point_norm = nn.LayerNorm(embed_dim) if point_norm else None
 
     def forward(
         self, x: Tensor, m: Tensor, c: Tensor, mask: Tensor | None = None, *,
@@ -309,7 +315,7 @@ class MeanFieldBlock(nn.Module):
         _check_field(c, b, self.cond_dim, "c")
         if mask is not None:
             x = x.masked_fill(~mask[..., None], 0.0)  # (B, N, l)
-        p = self.act(self.phi(x))  # (B, N, h)
+        p = self.act(self.phi(x if self.point_norm is None else self.point_norm(x)))  # (B, N, h)
         q = self.norm(self.field_in(m))  # (B, h)
         out = self.attn(q, p, mask, need_weights=need_weights)
         s, weights = out if need_weights else (out, None)  # (B, h), (B, H, N)

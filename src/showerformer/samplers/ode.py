@@ -3,17 +3,23 @@
 Every sampler has one signature, ``sample_x(model, x, schedule, *, cond=None, callback=None,
 disable=None)``: ``model(x, t, cond)`` returns the velocity ``dx/dt`` for a batch ``x`` at times
 ``t`` (a ``(B,)`` tensor filled with the current time), ``x`` is the initial state (noise at
-t = 0 for a flow-matching model), ``schedule`` the increasing times ``t_0 < ... < t_n`` (from
-:func:`linear_schedule` for equal steps, but any grid works). The samplers run under
+t = 0 for a flow-matching model), ``schedule`` the times ``t_0, ..., t_n`` (from
+:func:`linear_schedule` for equal steps, but any monotone grid works: the probability-flow ODE
+of a diffusion model runs from t = 1 down to a small ``eps``, see
+:func:`showerformer.methods.diffusion.diffusion_schedule`). The samplers run under
 ``torch.no_grad()`` and return the state at ``t_n``.
 
 Costs and orders (global error on a smooth field): Euler one evaluation per step, first order;
 midpoint and Heun two evaluations per step, second order. Midpoint (16 steps) is the default of
-the models in this library.
+the models in this library. ``adaptive`` hands the whole batch, as one system, to SciPy's
+``solve_ivp`` (Dormand-Prince RK45 with error control, as Song et al. sample the
+probability-flow ODE); it uses only the first and last time of the schedule, and its number of
+evaluations depends on the tolerances.
 
 References:
     Hairer, Norsett & Wanner, "Solving Ordinary Differential Equations I" (explicit Runge-Kutta
-    methods); Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+    methods); Dormand & Prince, J. Comput. Appl. Math. 6 (1980) (RK45); Song et al.,
+    arXiv:2011.13456 (the probability-flow ODE with an adaptive solver); Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
     arXiv:2206.00364 (Heun sampler); Crowson, k-diffusion ``sampling.py`` (the sampler signature).
 """
 
@@ -33,6 +39,7 @@ __all__ = [
     "SAMPLERS",
     "get_sampler",
     "linear_schedule",
+    "sample_adaptive",
     "sample_euler",
     "sample_heun",
     "sample_midpoint",
@@ -178,16 +185,74 @@ def sample_heun(
     return _run(step, x, schedule, callback, disable)
 
 
+@torch.no_grad()
+def sample_adaptive(
+    model: Velocity,
+    x: Tensor,
+    schedule: Tensor,
+    *,
+    cond: Any = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+) -> Tensor:
+    """Adaptive step size: SciPy's ``solve_ivp`` from ``schedule[0]`` to ``schedule[-1]``.
+
+    The batch is one ODE system in float64 on the CPU (every evaluation moves the state to the
+    model's device and dtype and back), so all showers share the step sizes; the evaluations
+    needed follow from ``rtol`` and ``atol`` (Song et al. use 1e-5 for both).
+
+    Arguments:
+        model, x, schedule, cond: as in :func:`sample_euler` (only the ends of the schedule).
+        callback: called once at the end with ``{"i": 0, "t", "t_next", "x", "velocity": None,
+            "nfe"}`` (the number of evaluations of ``model``).
+        disable: unused (no progress bar: the number of steps is not known in advance).
+        rtol, atol: relative and absolute tolerances.
+        method: a ``solve_ivp`` method (``"RK45"``, ``"RK23"``, ``"DOP853"``).
+
+    Returns:
+        The state at ``schedule[-1]``, same shape as ``x``.
+
+    Raises:
+        InputError: non-positive tolerances; RuntimeError when the solver fails.
+    """
+    from scipy.integrate import solve_ivp
+
+    _check_schedule(schedule)
+    if not (rtol > 0 and atol > 0):
+        raise InputError(f"rtol={rtol}, atol={atol}", key="rtol", expected="positive tolerances")
+    shape, device, dtype = x.shape, x.device, x.dtype
+    t0, t1 = float(schedule[0]), float(schedule[-1])
+
+    def fun(t: float, y: Any) -> Any:
+        xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        tt = torch.full((shape[0],), t, device=device, dtype=dtype)
+        return model(xt, tt, cond).double().cpu().numpy().reshape(-1)
+
+    y0 = x.detach().double().cpu().numpy().reshape(-1)
+    sol = solve_ivp(fun, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"adaptive ODE solver ({method}) failed: {sol.message}")
+    out = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape).to(device=device, dtype=dtype)
+    if callback is not None:
+        callback({"i": 0, "t": schedule[0], "t_next": schedule[-1], "x": out, "velocity": None,
+                  "nfe": int(sol.nfev)})
+    return out
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "midpoint": sample_midpoint,
     "heun": sample_heun,
+    "adaptive": sample_adaptive,
 }
 """The fixed-step samplers by name."""
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """The sampler called ``name`` (``"euler"``, ``"midpoint"`` or ``"heun"``).
+    """The sampler called ``name`` (``"euler"``, ``"midpoint"``, ``"heun"`` or ``"adaptive"``).
 
     Raises:
         InputError: for an unknown name, listing the known ones.
