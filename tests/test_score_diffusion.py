@@ -168,5 +168,5 @@ def test_shipped_configs_are_valid(name: str) -> None:
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     run = load_run_config(path)
     cfg = ScoreDiffusionConfig.from_dict(run.model)
-    assert run.family == "score-diffusion" and cfg.embed_dim == 96 and cfg.hidden == 96
+    assert run.family == "score-diffusion" and cfg.hidden in (64, 96)
     assert run.train.lr == 3e-4

@@ -147,7 +147,7 @@ class MeanFieldAttention(nn.Module):
             ``(B, d)``; with ``need_weights`` also the weights ``(B, H, N)`` (summing to 1 over
             the real points of a shower, 0 on padding and for an empty shower).
         """
-        b, n = x.shape[:2]
+        b = x.shape[0]
         _check_points(x, mask, self.dim)
         _check_field(m, b, self.dim)
         heads, d_head = self.n_heads, self.dim // self.n_heads
@@ -157,14 +157,29 @@ class MeanFieldAttention(nn.Module):
             x = x.masked_fill(~mask[..., None], 0.0)  # (B, N, d)
             empty = ~mask.any(dim=1)  # (B,) showers without a real point
             attn_mask = (mask | empty[:, None])[:, None, None, :]  # (B, 1, 1, N)
-        q = self.q(m).view(b, heads, 1, d_head)  # (B, H, 1, d/H)
-        k, v = self.kv(x).view(b, n, 2, heads, d_head).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, d/H)
-        logits = (q @ k.transpose(-2, -1)).squeeze(2) * d_head**-0.5  # (B, H, N)
+        # With one query the key and value projections fold into the query side, so no
+        # per-point keys or values are formed: q_h . (W_k x_n + b_k) = (W_k,h^T q_h) . x_n +
+        # q_h . b_k,h, and sum_n a_hn (W_v x_n + b_v) = W_v,h (sum_n a_hn x_n) + b_v,h sum_n a_hn.
+        # Two (B, N, d) x (B, d, H) products instead of a (B, N, 2d) projection: the same
+        # numbers, a fraction of the memory traffic.
+        weight = (self.kv.normalized_weight() if isinstance(self.kv, WeightNormalizedLinear)
+                  else self.kv.weight)  # (2d, d): rows of k then v, head-major
+        w_k, w_v = weight.view(2, heads, d_head, self.dim).unbind(0)  # 2 x (H, d/H, d)
+        q = self.q(m).view(b, heads, d_head)  # (B, H, d/H)
+        q_x = torch.einsum("bhj,hjc->bhc", q, w_k.to(q.dtype))  # (B, H, d)
+        logits = torch.bmm(x, q_x.transpose(1, 2).to(x.dtype)).transpose(1, 2)  # (B, H, N)
+        if self.kv.bias is not None:
+            b_k, b_v = self.kv.bias.view(2, heads, d_head).unbind(0)  # 2 x (H, d/H)
+            logits = logits + (q * b_k).sum(-1)[..., None].to(logits.dtype)  # softmax-invariant
+        logits = logits * d_head**-0.5
         if attn_mask is not None:
             logits = logits.masked_fill(~attn_mask[:, :, 0, :], float("-inf"))
         weights = logits.softmax(dim=-1)  # (B, H, N)
-        y = (weights[:, :, None, :] @ v).reshape(b, self.dim)  # (B, d)
-        y = self.out(y)  # (B, d)
+        x_mean = torch.bmm(weights.to(x.dtype), x)  # (B, H, d): attention-weighted points
+        y = torch.einsum("bhc,hjc->bhj", x_mean, w_v.to(x_mean.dtype))  # (B, H, d/H)
+        if self.kv.bias is not None:
+            y = y + b_v.to(y.dtype) * weights.sum(-1, keepdim=True).to(y.dtype)
+        y = self.out(y.reshape(b, self.dim))  # (B, d)
         if empty is not None:
             y = y.masked_fill(empty[:, None], 0.0)
             weights = weights.masked_fill(empty[:, None, None], 0.0)
@@ -309,7 +324,7 @@ class MeanFieldBlock(nn.Module):
             ``(x', m')``: ``(B, N, l)`` with zeros on padded points, and ``(B, l)``; with
             ``need_weights`` the attention weights third.
         """
-        b, n = x.shape[:2]
+        b = x.shape[0]
         _check_points(x, mask, self.embed_dim)
         _check_field(m, b, self.embed_dim)
         _check_field(c, b, self.cond_dim, "c")
@@ -320,8 +335,12 @@ class MeanFieldBlock(nn.Module):
         out = self.attn(q, p, mask, need_weights=need_weights)
         s, weights = out if need_weights else (out, None)  # (B, h), (B, H, N)
         u = self.act(self.update(torch.cat([s, c.to(s.dtype)], dim=-1)))  # (B, h)
-        pu = torch.cat([p, u[:, None, :].expand(b, n, self.hidden)], dim=-1)  # (B, N, 2h)
-        x = x + self.psi(pu)  # (B, N, l)
+        # psi([p_i, u]) = W_p p_i + (W_u u + b): the mean-field half once per shower, not
+        # concatenated to every point
+        w = (self.psi.normalized_weight() if isinstance(self.psi, WeightNormalizedLinear)
+             else self.psi.weight)  # (l, 2h)
+        shift = F.linear(u, w[:, self.hidden:], self.psi.bias)  # (B, l)
+        x = x + F.linear(p, w[:, : self.hidden]) + shift[:, None, :]  # (B, N, l)
         if mask is not None:
             x = x.masked_fill(~mask[..., None], 0.0)
         m = m + self.field_out(u) if self.field_residual else self.act(self.field_out(u))  # (B, l)
