@@ -53,6 +53,7 @@ from showerformer.methods.diffusion import (
     diffusion_schedule,
     make_sde,
     probability_flow,
+    tweedie_denoise,
 )
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
@@ -96,7 +97,9 @@ class ScoreDiffusionConfig(CountsSection, ModelConfig):
             eq. 5.2).
         energy_fourier_scale: the same for the normalized log incident energy.
         correlation_features: two of ``x``, ``y``, ``energy`` whose per-shower covariance the
-            correlation term acts on (eq. 6.1-6.2); None: no term.
+            correlation term acts on (eq. 6.1-6.2), computed on the network's denoised estimate
+            (Tweedie's formula) with showers weighted by ``a^2 / (a^2 + sigma^2)``, the share of
+            signal in ``x_t``; None: no term.
         correlation_weight: its weight ``lambda``.
         correlation_target: ``"data"`` (match the data's covariance) or ``"zero"`` (suppress
             it, the seed's use).
@@ -307,11 +310,11 @@ class ScoreDiffusion(PointFlow):
                                                    weighting=cfg.weighting, generator=generator,
                                                    return_parts=True)
         if cfg.correlation_features is not None and cfg.correlation_weight > 0:
+            x0_hat = tweedie_denoise(lambda *_: parts["score"], self.sde, parts["x_t"],
+                                     parts["t"])  # the network's denoised estimate
             a, sigma = self.sde.marginal(parts["t"])
-            view = (-1, 1, 1)
-            x0_hat = (parts["x_t"] + (sigma * sigma).view(view).to(x0.dtype) * parts["score"]) \
-                / a.view(view).to(x0.dtype)  # Tweedie's denoised estimate
             i, j = (POINT_FEATURES.index(f) for f in cfg.correlation_features)
+            # showers weighted by the share of signal in x_t: pure noise says nothing
             cor = correlation_loss(x0_hat, x0, (i, j), mask, target=cfg.correlation_target,
                                    weights=(a * a) / (a * a + sigma * sigma))
             loss = loss + cfg.correlation_weight * cor
@@ -322,7 +325,8 @@ class ScoreDiffusion(PointFlow):
     @torch.no_grad()
     def validation_metric(self, batches: Iterable[Mapping[str, Tensor]]) -> float:
         """The denoising score-matching loss of the validation showers (count model excluded)
-        with fixed times and noise (seed 0), so successive validations compare."""
+        with fixed times and noise (seed ``i`` for the ``i``-th batch), so successive
+        validations compare."""
         total, n = 0.0, 0
         for i, batch in enumerate(batches):
             x0 = batch["x"].to(self.shower.out.weight.dtype)
