@@ -58,6 +58,9 @@ def test_sampler_benchmark_tiny(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--sampler"):
         run_sampler_benchmark(run, test, tmp_path / "bench", samplers=("ddim:4",),
                               classifier="none")
+    with pytest.raises(InputError, match="classifier"):  # 8 showers: refused before sampling
+        run_sampler_benchmark(run, test, tmp_path / "bench", samplers=("pc:2",),
+                              classifier="cpu")
 
 
 def test_parse_sampler_specs() -> None:

@@ -168,7 +168,8 @@ def run_sampler_benchmark(
         test_file: held-out voxel showers (their incident particles are generated).
         out_dir: folder for ``samplers.json`` and the evaluation reports.
         samplers: ``NAME:STEPS`` or ``NAME`` (the family's default steps).
-        n_showers: the first this many held-out showers (default: all).
+        n_showers: the first this many held-out showers (default: all; with a classifier at
+            least the 250 its split needs).
         speed_batches: batch sizes of the speed measurement (empty: skip).
         classifier: evaluation classifier mode (``cpu``, ``full``, ``none``).
         seed: noise seed (the same for every sampler).
@@ -192,6 +193,11 @@ def run_sampler_benchmark(
     test = read_showers(test_file)
     if n_showers is not None:
         test = test[np.arange(min(int(n_showers), len(test)))]
+    if classifier != "none":  # fail before any sampling when the classifier cannot run
+        from showerformer.evaluation.pipeline import _check_classifier_size, _classifier_config
+
+        _check_classifier_size(len(test), len(test),
+                               _classifier_config(classifier, None, seed, None))
     summary: dict[str, Any] = {"checkpoint": str(checkpoint), "test_file": str(test_file),
                                "n_showers": len(test), "family": model.family,
                                "torch_threads": torch.get_num_threads(),

@@ -542,7 +542,8 @@ def samplers(
         "--sampler", help="NAME:STEPS or NAME, repeatable (default: pc:50, pc:100, pc:200, "
                           "pc:500, euler:8, euler:16, euler:32, adaptive).")] = None,
     n: Annotated[int | None, typer.Option("--n", help="Held-out showers to generate (default: "
-                                                      "all).")] = None,
+                                                      "all; at least 250 with a classifier).")
+                 ] = None,
     speed_batches: Annotated[str, typer.Option(
         help="Comma-separated batch sizes of the speed test ('' to skip).")] = "1,100",
     classifier: Annotated[str, typer.Option(help="cpu, full or none.")] = "cpu",
