@@ -157,7 +157,7 @@ def check_sample_options(*, n: int, particle: str | None = None, energy: str | N
     check_count(n, "--n", "at least one shower")
     check_count(batch_size, "--batch-size", "a positive number of showers per network call")
     if steps is not None:
-        check_count(steps, "--steps", "at least one ODE step")
+        check_count(steps, "--steps", "at least one sampler step")
     check_count(seed, "--seed", "an integer >= 0", minimum=0)
     if sampler is not None:  # any family's; the family's generate checks its own
         known = sorted(set(SAMPLERS).union(*(getattr(c, "samplers", ()) for c in MODELS.values())))

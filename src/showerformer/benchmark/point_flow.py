@@ -360,7 +360,6 @@ def run_point_flow_benchmark(
         train_s = None if prior_s is None else float(prior_s) + elapsed
         plan["train_seconds"] = train_s
         _write(plan_file, plan)
-        probe = {"probe_mean": plan.get("step_seconds_probe_mean")}
         model, _ = load_generator(res.out_dir, device=device or "auto")
         params = model.n_parameters()
         test = read_showers(test_file)
@@ -374,7 +373,7 @@ def run_point_flow_benchmark(
             "config": str(cfg_path), "family": str(getattr(model, "family", "?")),
             "steps": res.step, "epochs": res.epoch,
             "train_seconds": train_s, "step_seconds_predicted": step_s,
-            "step_seconds_probe_mean": probe["probe_mean"],
+            "step_seconds_probe_mean": plan.get("step_seconds_probe_mean"),
             "step_seconds_actual": None if train_s is None else train_s / max(res.step, 1),
             "best_val_loss": res.best_val_loss, "parameters": params,
             "showers_seen": res.step * int(run["train"].get("batch_size", 32)),

@@ -194,10 +194,9 @@ def run_sampler_benchmark(
     if n_showers is not None:
         test = test[np.arange(min(int(n_showers), len(test)))]
     if classifier != "none":  # fail before any sampling when the classifier cannot run
-        from showerformer.evaluation.pipeline import _check_classifier_size, _classifier_config
+        from showerformer.evaluation.pipeline import check_classifier_size
 
-        _check_classifier_size(len(test), len(test),
-                               _classifier_config(classifier, None, seed, None))
+        check_classifier_size(len(test), len(test), classifier, seed)
     summary: dict[str, Any] = {"checkpoint": str(checkpoint), "test_file": str(test_file),
                                "n_showers": len(test), "family": model.family,
                                "torch_threads": torch.get_num_threads(),

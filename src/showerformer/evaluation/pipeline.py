@@ -33,7 +33,8 @@ from showerformer.errors import InputError, OutputError
 from showerformer.geometry import Geometry, get_geometry
 from showerformer.showers import PointShowers, VoxelShowers, outside_phrase
 
-__all__ = ["CLASSIFIER_KINDS", "CLASSIFIER_MODES", "ShowerSource", "evaluate_files", "open_source"]
+__all__ = ["CLASSIFIER_KINDS", "CLASSIFIER_MODES", "ShowerSource", "check_classifier_size",
+           "evaluate_files", "open_source"]
 
 CLASSIFIER_MODES = ("cpu", "full", "none")
 """``cpu``: :meth:`ClassifierConfig.cpu_friendly` settings; ``full``: the official ones;
@@ -392,6 +393,13 @@ def _classifier_config(mode: str, n_repeats: int | None, seed: int,
         overrides["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         return ClassifierConfig(**overrides)
     return ClassifierConfig.cpu_friendly(**overrides)
+
+
+def check_classifier_size(n_ref: int, n_gen: int, classifier: str = "cpu", seed: int = 0) -> None:
+    """Raise :class:`InputError` (key ``classifier``) when samples of ``n_ref`` and ``n_gen``
+    showers cannot fill the split of the classifier mode ``classifier`` (``cpu`` or ``full``);
+    for callers that generate the showers first and want to fail before."""
+    _check_classifier_size(n_ref, n_gen, _classifier_config(classifier, None, seed, None))
 
 
 def _check_classifier_size(n_ref: int, n_gen: int, config: Any) -> None:

@@ -200,6 +200,10 @@ class ModelConfig:
             value = coerce_value(getattr(self, f.name), hints[f.name], f.name)
             object.__setattr__(self, f.name, value)
 
+    def invalid(self, key: str, expected: str) -> InputError:
+        """The one-line error for field ``key``: its current value and what was expected."""
+        return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
+
     def require_positive(self, *keys: str) -> None:
         """Raise :class:`InputError` for the first of ``keys`` whose value is below 1 (for
         tuples: any element below 1)."""

@@ -405,25 +405,22 @@ class MDMAConfig(CountsSection, ModelConfig):
     def __post_init__(self) -> None:
         self.check_types()
 
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
         if self.n_calo_layers < 1:
-            raise bad("n_calo_layers", "at least one calorimeter layer")
+            raise self.invalid("n_calo_layers", "at least one calorimeter layer")
         check_particles(self.particles)
         self.require_positive("embed_dim", "gen_hidden", "gen_blocks", "gen_heads",
                               "critic_hidden", "critic_blocks", "critic_heads",
                               "critic_head_hidden", "accumulate")
         for width, heads in (("gen_hidden", "gen_heads"), ("critic_hidden", "critic_heads")):
             if getattr(self, width) % getattr(self, heads):
-                raise bad(heads, f"a divisor of {width}={getattr(self, width)}")
+                raise self.invalid(heads, f"a divisor of {width}={getattr(self, width)}")
         for key in ("gp_weight", "feature_matching_weight", "response_matching_weight"):
             if not getattr(self, key) >= 0:
-                raise bad(key, "a non-negative weight")
+                raise self.invalid(key, "a non-negative weight")
         if not self.critic_lr_ratio > 0:
-            raise bad("critic_lr_ratio", "a positive ratio")
+            raise self.invalid("critic_lr_ratio", "a positive ratio")
         if self.optimizer not in _OPTIMIZERS:
-            raise bad("optimizer", " or ".join(_OPTIMIZERS))
+            raise self.invalid("optimizer", " or ".join(_OPTIMIZERS))
         self.check_counts()
 
 

@@ -128,30 +128,27 @@ class PanShowerConfig(ModelConfig):
     def __post_init__(self) -> None:
         self.check_types()
 
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
         if self.n_calo_layers < 1:
-            raise bad("n_calo_layers", "at least one calorimeter layer")
+            raise self.invalid("n_calo_layers", "at least one calorimeter layer")
         check_particles(self.particles)
         self.require_positive("d_model", "n_heads", "n_blocks", "mlp_ratio")
         if self.d_model % self.n_heads:
-            raise bad("n_heads", f"a divisor of d_model={self.d_model}")
+            raise self.invalid("n_heads", f"a divisor of d_model={self.d_model}")
         if self.layer_window is not None and self.layer_window < 0:
-            raise bad("layer_window", "a non-negative integer or null")
+            raise self.invalid("layer_window", "a non-negative integer or null")
         if self.n_fourier < 2 or self.n_fourier % 2:
-            raise bad("n_fourier", "a positive even number")
+            raise self.invalid("n_fourier", "a positive even number")
         for key in ("time_fourier_std", "energy_fourier_std"):
             if not getattr(self, key) > 0.0:
-                raise bad(key, "a positive frequency spread")
+                raise self.invalid(key, "a positive frequency spread")
         if not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "a probability in [0, 1)")
+            raise self.invalid("dropout", "a probability in [0, 1)")
         if self.time_distribution not in TIME_DISTRIBUTIONS:
-            raise bad("time_distribution", " or ".join(TIME_DISTRIBUTIONS))
+            raise self.invalid("time_distribution", " or ".join(TIME_DISTRIBUTIONS))
         if self.ot_pairing not in _OT_MODES:
-            raise bad("ot_pairing", " or ".join(_OT_MODES))
+            raise self.invalid("ot_pairing", " or ".join(_OT_MODES))
         if self.attention not in BACKENDS:
-            raise bad("attention", " or ".join(BACKENDS))
+            raise self.invalid("attention", " or ".join(BACKENDS))
 
     @property
     def n_particles(self) -> int:

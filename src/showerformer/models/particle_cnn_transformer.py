@@ -161,39 +161,36 @@ class ParticleCNNTransformerConfig(ModelConfig):
     def __post_init__(self) -> None:
         self.check_types()
 
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
         self.require_positive("d_model", "n_heads", "mlp_ratio", "n_scales", "block_grid",
                               "block_size", "inter_blocks", "head_hidden")
         t = self.token_grid
         ratio = self.grid // t if t > 0 else 0
         if self.grid < t or self.grid % t or ratio & (ratio - 1):
-            raise bad("grid", f"a power-of-two multiple of block_grid * block_size = {t}")
+            raise self.invalid("grid", f"a power-of-two multiple of block_grid * block_size = {t}")
         if self.in_channels != 2:
-            raise bad("in_channels", "2 (energy and 1 - energy)")
+            raise self.invalid("in_channels", "2 (energy and 1 - energy)")
         if self.n_heads < 1 or self.d_model % self.n_heads or (self.d_model // self.n_heads) % 6:
-            raise bad("n_heads", f"a divisor of d_model={self.d_model} leaving a head size divisible by 6")
+            raise self.invalid("n_heads", f"a divisor of d_model={self.d_model} leaving a head size divisible by 6")
         if self.n_scales < 1:
-            raise bad("n_scales", "at least 1")
+            raise self.invalid("n_scales", "at least 1")
         if len(self.cnn_channels) != self.n_scales or min(self.cnn_channels) < 1:
-            raise bad("cnn_channels", f"{self.n_scales} positive channel counts (one per scale)")
+            raise self.invalid("cnn_channels", f"{self.n_scales} positive channel counts (one per scale)")
         if len(self.cnn_depths) != self.n_scales or min(self.cnn_depths) < 0:
-            raise bad("cnn_depths", f"{self.n_scales} non-negative block counts (one per scale)")
+            raise self.invalid("cnn_depths", f"{self.n_scales} non-negative block counts (one per scale)")
         if not 0.0 <= self.drop_path < 1.0:
-            raise bad("drop_path", "a probability in [0, 1)")
+            raise self.invalid("drop_path", "a probability in [0, 1)")
         if not self.layerscale_init > 0.0:
-            raise bad("layerscale_init", "a positive initial gain")
+            raise self.invalid("layerscale_init", "a positive initial gain")
         if not self.rope_base > 1.0:
-            raise bad("rope_base", "a frequency base above 1")
+            raise self.invalid("rope_base", "a frequency base above 1")
         if not 0.0 < self.energy_scale_mev < self.energy_max_mev:
-            raise bad("energy_scale_mev", "0 < energy_scale_mev < energy_max_mev")
+            raise self.invalid("energy_scale_mev", "0 < energy_scale_mev < energy_max_mev")
         if not self.target_std_gev > 0.0:
-            raise bad("target_std_gev", "a positive spread")
+            raise self.invalid("target_std_gev", "a positive spread")
         if self.loss not in _LOSSES:
-            raise bad("loss", " or ".join(_LOSSES))
+            raise self.invalid("loss", " or ".join(_LOSSES))
         if not self.huber_delta > 0.0:
-            raise bad("huber_delta", "a positive number")
+            raise self.invalid("huber_delta", "a positive number")
 
     @property
     def token_grid(self) -> int:

@@ -106,22 +106,19 @@ class PointCountFMConfig(ModelConfig):
     def __post_init__(self) -> None:
         self.check_types()
 
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
         if self.n_calo_layers < 1:
-            raise bad("n_calo_layers", "at least one calorimeter layer")
+            raise self.invalid("n_calo_layers", "at least one calorimeter layer")
         check_particles(self.particles)
         self.require_positive("d_model", "n_blocks")
         if self.n_fourier < 2 or self.n_fourier % 2:
-            raise bad("n_fourier", "a positive even number")
+            raise self.invalid("n_fourier", "a positive even number")
         for key in ("time_fourier_std", "energy_fourier_std"):
             if not getattr(self, key) > 0.0:
-                raise bad(key, "a positive frequency spread")
+                raise self.invalid(key, "a positive frequency spread")
         if not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "a probability in [0, 1)")
+            raise self.invalid("dropout", "a probability in [0, 1)")
         if self.time_distribution not in TIME_DISTRIBUTIONS:
-            raise bad("time_distribution", " or ".join(TIME_DISTRIBUTIONS))
+            raise self.invalid("time_distribution", " or ".join(TIME_DISTRIBUTIONS))
 
     @property
     def n_particles(self) -> int:

@@ -140,37 +140,34 @@ class ScoreDiffusionConfig(CountsSection, ModelConfig):
     def __post_init__(self) -> None:
         self.check_types()
 
-        def bad(key: str, expected: str) -> InputError:
-            return InputError(f"{key}={getattr(self, key)!r}", key=key, expected=expected)
-
         if self.n_calo_layers < 1:
-            raise bad("n_calo_layers", "at least one calorimeter layer")
+            raise self.invalid("n_calo_layers", "at least one calorimeter layer")
         check_particles(self.particles)
         self.require_positive("embed_dim", "hidden", "n_heads", "n_blocks", "n_fourier",
                               "sampling_steps")
         if self.hidden % self.n_heads:
-            raise bad("n_heads", f"a divisor of hidden={self.hidden}")
+            raise self.invalid("n_heads", f"a divisor of hidden={self.hidden}")
         if self.n_fourier % 2:
-            raise bad("n_fourier", "an even number")
+            raise self.invalid("n_fourier", "an even number")
         self.make_sde()  # names the bad key
         if self.weighting not in WEIGHTINGS:
-            raise bad("weighting", " or ".join(WEIGHTINGS))
+            raise self.invalid("weighting", " or ".join(WEIGHTINGS))
         for key in ("time_fourier_scale", "energy_fourier_scale", "snr"):
             if not getattr(self, key) > 0:
-                raise bad(key, "a positive number")
+                raise self.invalid(key, "a positive number")
         for key in ("correlation_weight", "count_loss_weight"):
             if not getattr(self, key) >= 0:
-                raise bad(key, "a non-negative weight")
+                raise self.invalid(key, "a non-negative weight")
         if self.n_corrector < 0:
-            raise bad("n_corrector", "a non-negative number of corrector steps")
+            raise self.invalid("n_corrector", "a non-negative number of corrector steps")
         if self.sampler not in DIFFUSION_SAMPLERS:
-            raise bad("sampler", "one of " + ", ".join(DIFFUSION_SAMPLERS))
+            raise self.invalid("sampler", "one of " + ", ".join(DIFFUSION_SAMPLERS))
         cf = self.correlation_features
         if cf is not None and (len(cf) != 2 or len(set(cf)) != 2
                                or any(f not in POINT_FEATURES for f in cf)):
-            raise bad("correlation_features", "two different names of " + ", ".join(POINT_FEATURES))
+            raise self.invalid("correlation_features", "two different names of " + ", ".join(POINT_FEATURES))
         if self.correlation_target not in ("data", "zero"):
-            raise bad("correlation_target", "data or zero")
+            raise self.invalid("correlation_target", "data or zero")
         self.check_counts()
 
     def make_sde(self) -> SDE:
