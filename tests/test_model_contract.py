@@ -44,6 +44,12 @@ TINY: dict[str, dict[str, Any]] = {
     "score-diffusion": {"embed_dim": 8, "hidden": 8, "n_heads": 2, "n_blocks": 2,
                         "n_fourier": 4, "sampling_steps": 3, "correlation_features": ["x", "energy"],
                         "correlation_weight": 0.1, "counts": {"d_model": 16, "n_blocks": 1}},
+    "transformer-mlm": {"patch_size": [3, 2, 2], "d_model": 12, "n_heads": 2, "n_blocks": 1,
+                        "ffn_dim": 16},
+    "vq-vae": {"patch_size": [3, 2, 2], "d_model": 12, "n_heads": 2, "encoder_blocks": 1,
+               "decoder_blocks": 1, "ffn_dim": 16, "latent_tokens": 4, "code_dim": 4,
+               "n_codes": 8},
+    "vq-prior": {"d_model": 12, "n_heads": 2, "n_blocks": 1, "ffn_dim": 16},
 }
 """The smallest config of every built-in family (the keys ``from_data`` does not set)."""
 
@@ -88,7 +94,20 @@ def _voxel_data(tmp_path: Path) -> Any:
     return SparseVoxelDataset(write_cube_file(tmp_path / "cube16.h5", n=12, grid=16))
 
 
-SYNTHETIC = {"points": _point_data, "sparse-voxels": _voxel_data}
+def _voxel_grid_data(tmp_path: Path) -> Any:
+    """Twelve showers on a 4 z x 4 phi x 3 r cylindrical grid at three incident energies."""
+    from showerformer.data.voxels import VoxelGridDataset
+    from showerformer.geometry import CylindricalGeometry
+
+    geo = CylindricalGeometry.uniform(4, 4, np.arange(4) * 2.0, 3.4, "contract-cylinder")
+    rng = np.random.default_rng(0)
+    voxels = rng.exponential(50.0, (12, 4, 4, 3)) * (rng.random((12, 4, 4, 3)) < 0.6)
+    cond = Conditions(rng.choice([64e3, 128e3, 256e3], 12), np.full(12, 11),
+                      rng.uniform(1.2, 1.57, 12), np.zeros(12))
+    return VoxelGridDataset(voxels.astype(np.float32), cond, geo)
+
+
+SYNTHETIC = {"points": _point_data, "sparse-voxels": _voxel_data, "voxels": _voxel_grid_data}
 """Synthetic training data of every data kind (a new kind adds its maker here)."""
 
 
@@ -99,14 +118,28 @@ def test_every_data_kind_has_synthetic_data() -> None:
 # -- building ---------------------------------------------------------------------------------------
 
 
+def _pretrained(family: str, tmp_path: Path) -> dict[str, str]:
+    """The checkpoints a family's config names (``pretrained``, e.g. a prior's tokenizer):
+    the smallest model of each named family, built on the same data and saved."""
+    paths = {}
+    for key, other in getattr(get_model_class(family), "pretrained", {}).items():
+        model, _, _ = _build(other, tmp_path)
+        info = {"family": other, "model_config": model.config.to_dict(),
+                "preprocessing": model.data_state(), "state": {"step": 1}}
+        paths[key] = str(ckpt.save_checkpoint(tmp_path / f"pretrained-{other}", 1, model=model,
+                                              info=info))
+    return paths
+
+
 def _build(family: str, tmp_path: Path, device: str = "cpu",
            dtype: torch.dtype = torch.float32) -> tuple[Any, Any, dict[str, Any]]:
     cls = get_model_class(family)
     kind = DATA_KINDS[cls.data_kind]
     settings = read_data_settings(kind, cls.data_keys, {})
     train = SYNTHETIC[cls.data_kind](tmp_path)
+    overrides = {**TINY[family], **_pretrained(family, tmp_path)}
     torch.manual_seed(0)
-    model = cls.from_data(TINY[family], train, settings)
+    model = cls.from_data(overrides, train, settings)
     return model.to(device=device, dtype=dtype), train, settings
 
 
@@ -129,7 +162,8 @@ def test_family_follows_the_contract(family: str, tmp_path: Path) -> None:
     cls = get_model_class(family)
     check_family(cls)
     model, _, _ = _build(family, tmp_path)
-    assert model.family == family and model.task in ("generation", "regression")
+    assert model.family == family
+    assert model.task in ("generation", "regression", "representation")
     config = model.config
     assert cls.config_class.from_dict(config.to_dict()) == config
     assert cls.config_class.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -169,6 +203,10 @@ def test_loss_is_finite_and_reaches_every_trainable_parameter(family: str, tmp_p
 
 
 def _output(model: Any, train: Any, seed: int, device: str) -> Any:
+    if model.task == "representation":
+        batch = train.collate_fn([train[i] for i in range(3)])
+        dtype = next(model.parameters()).dtype
+        return model.represent(batch["voxels"].to(device, dtype), batch["energy"].to(device))
     if model.task == "regression":
         voxels = train.collate_fn([train[i] for i in range(3)])["voxels"].to(device)
         return model.predict(voxels)
@@ -182,6 +220,9 @@ def test_generate_or_predict(family: str, tmp_path: Path, device: str) -> None:
     out = _output(model, train, 0, device)
     if model.task == "regression":
         assert out.shape == (3,) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    elif model.task == "representation":
+        assert out.ndim == 2 and len(out) == 3 and torch.isfinite(out).all()
+        assert torch.equal(out, _output(model, train, 0, device))  # no randomness
     else:
         assert isinstance(out, PointShowers | VoxelShowers) and len(out) == 3
         values = out.points[out.mask] if isinstance(out, PointShowers) else out.energies
@@ -207,6 +248,8 @@ def test_checkpoint_round_trip(family: str, tmp_path: Path) -> None:
     a, b = _output(model, train, 3, "cpu"), _output(loaded, train, 3, "cpu")
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
+    elif isinstance(a, VoxelShowers):
+        assert np.array_equal(a.energies, b.energies)
     else:
         assert np.array_equal(a.points, b.points)
 

@@ -13,6 +13,7 @@ import typer
 
 from showerformer import __version__
 from showerformer._interrupts import Terminated, exit_status, handling_signals, interrupt_pending
+from showerformer.commands import voxel_benchmarks as _voxel_benchmarks  # noqa: F401  (registers)
 from showerformer.commands.benchmark import benchmark_app
 from showerformer.commands.demo import demo
 from showerformer.commands.evaluate import evaluate, evaluate_regression

@@ -193,8 +193,9 @@ def sample_conditions(
 
     Arguments:
         trained: the training range of the model (:func:`trained_conditions`: ``pdg``,
-            ``energy_mev``, ``theta``, ``phi``); missing entries: any particle, 1-100 GeV,
-            normal incidence.
+            ``energy_mev``, ``theta``, ``phi``, and ``energy_values_mev`` when the training
+            energies were a few discrete values, which are then drawn by default); missing
+            entries: any particle, 1-100 GeV, normal incidence.
         n: number of showers.
         particle: names or PDG ids (``"e-"``, ``"e-,gamma"``, ``"211"``); default: the
             training particles; several are drawn with equal probability.
@@ -226,7 +227,10 @@ def sample_conditions(
                          expected="a particle the model was trained on (PDG "
                          + ", ".join(str(p) for p in known) + ")")
     lo, hi = (float(x) for x in trained.get("energy_mev") or (1000.0, 100_000.0))
-    if energy is None:
+    values = [float(v) for v in trained.get("energy_values_mev") or []]
+    if energy is None and values and spectrum in (None, "discrete"):
+        spec = Spectrum("discrete", tuple(values))  # a discrete training spectrum (Par04)
+    elif energy is None:
         spec = Spectrum(_spectrum_of_training_range(spectrum), (lo, hi))
     else:
         spec = parse_energy(energy, spectrum)
@@ -430,15 +434,15 @@ def sample_file(
     model, info = load_generator(checkpoint, device=device, ema=ema, which=which)
     _options(model, options)
     state = model.data_state()
-    if format == "auto":
-        format = ("calochallenge" if state.get("source_format") in _VOXEL_FORMATS
-                  else "pointcloud")
     conditions = sample_conditions(trained_conditions(model), n, particle=particle,
                                    energy=energy, spectrum=spectrum, theta=theta, phi=phi,
                                    seed=seed)
     t0 = time.perf_counter()
     showers = generate(model, conditions, seed=seed, steps=steps, progress=progress, **options)
     seconds = time.perf_counter() - t0
+    if format == "auto":  # voxels from voxel generators and from models trained on voxels
+        format = ("calochallenge" if isinstance(showers, VoxelShowers)
+                  or state.get("source_format") in _VOXEL_FORMATS else "pointcloud")
     if (format == "calochallenge" and isinstance(showers, PointShowers)
             and showers.geometry is None):
         raise InputError("the model's data had no geometry to voxelize into", key="--format",

@@ -450,6 +450,12 @@ PRESETS: dict[str, Any] = {
     # Par04 images: 18 r x 50 phi x 45 z, stored here in the common (layer, alpha, r) order.
     "par04": lambda: CylindricalGeometry.uniform(
         45, 50, np.round(np.arange(19) * 2.325, 6), _CC_LAYER_PITCH, "par04"),
+    # The same 18 x 50 x 45 cells on the Pb/scintillator ECAL ("pb-scint"): cells scaled to its
+    # longer radiation length (about 16.6 mm against 4.2 mm for Si-W) and wider showers, 2 x the
+    # radial and 2.64 x the longitudinal pitch, so the 45 layers span its 404 mm depth. The
+    # second detector of the voxel transformers' adaptation study (Par04 also ships SciPb).
+    "par04-scipb": lambda: CylindricalGeometry.uniform(
+        45, 50, np.round(np.arange(19) * 4.65, 6), 8.976, "par04-scipb"),
     "sandwich64": lambda: CartesianGeometry((64, 64, 64), (10.0, 10.0, 26.5), name="sandwich64"),
     "sandwich32": lambda: CartesianGeometry((32, 32, 32), (20.0, 20.0, 53.0), name="sandwich32"),
     # ILD-like Si-W ECAL (30 layers, 5.088 mm cells), the geometry of the CaloClouds samples

@@ -10,8 +10,8 @@ import typer
 
 __all__ = ["DATASET_NAMES", "simulate"]
 
-DATASET_NAMES = ("ds2", "ds3", "ds1-photons", "ds1-pions", "par04", "sandwich64", "sandwich32",
-                 "multi", "ild-photons")
+DATASET_NAMES = ("ds2", "ds3", "ds1-photons", "ds1-pions", "par04", "par04-scipb", "sandwich64",
+                 "sandwich32", "multi", "ild-photons")
 """The presets of :data:`showerformer.simulation.DATASETS` (kept here so --help stays light)."""
 
 _OPTIONS = {"n": "--n", "seed": "--seed", "shard": "--shard", "chunk_size": "--chunk-size",

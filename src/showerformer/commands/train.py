@@ -174,6 +174,14 @@ def sample(
                           "for the probability-flow ODE).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Showers per network call (default: the family's).")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", help="Token sampling temperature of an autoregressive family "
+                              "(vq-prior; 0: greedy; default: its config's).")] = None,
+    top_k: Annotated[int | None, typer.Option(
+        "--top-k", help="Keep the k most probable tokens (vq-prior).")] = None,
+    top_p: Annotated[float | None, typer.Option(
+        "--top-p", help="Nucleus filter: the most probable tokens holding this share "
+                        "(vq-prior).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of conditions and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
                       ] = "auto",
@@ -186,8 +194,8 @@ def sample(
 
     s = sample_file(checkpoint, out, n=n, particle=particle, energy=energy, spectrum=spectrum,
                     theta=theta, phi=phi, format=fmt, seed=seed, steps=steps, sampler=sampler,
-                    batch_size=batch_size, device=device, ema=not no_ema,
-                    which="best" if best else "last")
+                    batch_size=batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
+                    device=device, ema=not no_ema, which="best" if best else "last")
     points = "" if s["mean_points"] is None else f", {s['mean_points']:.1f} points on average"
     typer.echo(f"wrote {s['showers']:,} showers ({s['format']}{points}, {s['family']}) to "
                f"{s['path']} in {s['seconds']:.1f} s ({s['ms_per_shower']:.2f} ms/shower, "

@@ -63,3 +63,6 @@ from showerformer.models import mdma as mdma  # noqa: E402  (after point_flow: i
 from showerformer.models import particle_cnn_transformer as particle_cnn_transformer  # noqa: E402
 from showerformer.models import point_flow as point_flow  # noqa: E402
 from showerformer.models import score_diffusion as score_diffusion  # noqa: E402
+from showerformer.models import transformer_mlm as transformer_mlm  # noqa: E402
+from showerformer.models import vq_prior as vq_prior  # noqa: E402
+from showerformer.models import vq_vae as vq_vae  # noqa: E402

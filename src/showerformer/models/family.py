@@ -11,7 +11,8 @@ Required of every family (class attributes and methods):
 
 - ``config_class``: a frozen dataclass with :class:`~showerformer.models.config.ModelConfig`'s
   ``to_dict`` / ``from_dict``;
-- ``task``: ``"generation"`` or ``"regression"``;
+- ``task``: ``"generation"``, ``"regression"`` or ``"representation"`` (a model that encodes
+  showers for other models or analyses: a masked-patch transformer, a VQ-VAE tokenizer);
 - ``data_kind``: the data layer that reads its training files (``"points"``: showers as point
   clouds, voxel files dequantized; ``"sparse-voxels"``: labelled voxel grids), see
   :data:`showerformer.training.datasets.DATA_KINDS`; or a ``load_data`` classmethod of its own;
@@ -23,13 +24,16 @@ Required of every family (class attributes and methods):
   ``configure_optimizers(train_config)`` for a step that needs more (a GAN);
 - ``generate(conditions, *, generator=None, steps=None)`` returning
   :class:`~showerformer.showers.PointShowers` or :class:`~showerformer.showers.VoxelShowers` in
-  MeV and mm (generators), or ``predict(voxels)`` (regressors).
+  MeV and mm (generators), ``predict(voxels)`` (regressors), or ``represent(voxels, energy)``
+  returning one vector per shower ``(B, D)`` (representation models).
 
 Optional: ``validation_metric(batches) -> float`` (lower is better; picks the best checkpoint
 and drives early stopping instead of the mean validation loss), ``log_metrics`` (names of the
 extra values ``training_step`` returns, logged as columns of ``log.csv``), ``data_keys`` (the
 family's own settings of the ``data:`` section, ``{key: (type, default)}``), ``collate_fn`` and
-``batch_sampler`` (how batches are made), and frozen sub-modules (:meth:`FamilyModule.freeze`).
+``batch_sampler`` (how batches are made), frozen sub-modules (:meth:`FamilyModule.freeze`), and
+``pretrained`` (``{config key: family}``: a checkpoint of that family the config must name, such
+as the frozen tokenizer of an autoregressive prior).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class FamilyModule(nn.Module):
     data_kind: ClassVar[str]
     config_class: ClassVar[type]
     data_keys: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    pretrained: ClassVar[dict[str, str]] = {}
     log_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
@@ -167,12 +172,14 @@ def check_family(cls: type) -> None:
     if not (callable(getattr(cls, "loss", None)) or callable(getattr(cls, "training_step", None))):
         missing.append("loss or training_step")
     task = getattr(cls, "task", None)
-    if task not in ("generation", "regression"):
-        missing.append("task = 'generation' or 'regression'")
+    if task not in ("generation", "regression", "representation"):
+        missing.append("task = 'generation', 'regression' or 'representation'")
     elif task == "generation" and not callable(getattr(cls, "generate", None)):
         missing.append("generate")
     elif task == "regression" and not callable(getattr(cls, "predict", None)):
         missing.append("predict")
+    elif task == "representation" and not callable(getattr(cls, "represent", None)):
+        missing.append("represent")
     if callable(getattr(cls, "training_step", None)) and not callable(
             getattr(cls, "configure_optimizers", None)):
         missing.append("configure_optimizers (with training_step)")

@@ -120,6 +120,10 @@ DATASETS: dict[str, DatasetSpec] = {
                     theta="70:90",
                     description="Par04-like electrons at 64/128/256 GeV, theta 70-90 deg, "
                     "18 r x 50 phi x 45 z"),
+        DatasetSpec("par04-scipb", "par04-scipb", "pb-scint", ("e-",), "64,128,256", "discrete",
+                    theta="70:90",
+                    description="the par04 electrons in a Pb/scintillator ECAL, 18 r x 50 phi x "
+                    "45 z cells of 4.65 mm x 2 pi / 50 x 8.976 mm"),
         DatasetSpec("sandwich64", "sandwich64", "fe-scint", ("proton",), "1:20", "uniform",
                     momentum=True, output="sparse-voxels", frame="detector", readout="detector",
                     description="protons with momentum 1-20 GeV in a 64^3 Fe/scintillator "

@@ -18,7 +18,7 @@ from showerformer.data.points import PointCloudDataset, load_point_dataset
 from showerformer.errors import InputError
 from showerformer.training.config import check_count, check_setting, check_val_fraction
 
-__all__ = ["DATA_KINDS", "DataKind", "point_datasets", "read_data_settings"]
+__all__ = ["DATA_KINDS", "DataKind", "point_datasets", "read_data_settings", "voxel_datasets"]
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,24 @@ def point_datasets(
             raise InputError(f"geometry {val.geometry.name}", path=val_data, key="geometry",
                              expected=f"{full.geometry.name} as in {data}")
         return full, size_sorted(val)
+    train, val = _split_off_validation(full, data, val_fraction, seed)
+    return train, None if val is None else size_sorted(val)
+
+
+def _split_off_validation(full: Any, data: str | os.PathLike[str], val_fraction: float | None,
+                          seed: int) -> tuple[Any, Any]:
+    """``full`` split into training and a seeded validation share (None without one).
+
+    Raises:
+        InputError: a single shower to split, naming the file.
+    """
     if not val_fraction:
         return full, None
     if len(full) < 2:
         raise InputError("1 shower cannot be split into training and validation", path=data,
                          key="showers", expected="at least two showers, or a separate --val-data")
     train_idx, val_idx = split_indices(len(full), float(val_fraction), seed)
-    return full.subset(train_idx), size_sorted(full.subset(val_idx))
+    return full.subset(train_idx), full.subset(val_idx)
 
 
 def _check_max_showers(max_showers: int | None) -> None:
@@ -113,6 +124,58 @@ def _with_showers(ds: PointCloudDataset, path: str | os.PathLike[str]) -> PointC
     if len(ds) == 0:
         raise InputError("no showers", path=path, key="showers", expected="at least one shower")
     return ds
+
+
+def _load_voxels(data: str | os.PathLike[str], val_data: str | os.PathLike[str] | None,
+                 settings: Mapping[str, Any], seed: int) -> tuple[Any, Any]:
+    return voxel_datasets(data, val_data=val_data, val_fraction=settings["val_fraction"],
+                          seed=seed, max_showers=settings["max_showers"])
+
+
+def voxel_datasets(
+    data: str | os.PathLike[str],
+    *,
+    val_data: str | os.PathLike[str] | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    max_showers: int | None = None,
+) -> tuple[Any, Any]:
+    """Training and validation showers as dense voxel grids (the voxel transformers' data).
+
+    Arguments:
+        data: training file (CaloChallenge or Par04 HDF5).
+        val_data: a separate validation file (takes precedence over ``val_fraction``).
+        val_fraction: hold out this seeded share of ``data`` (0 or None: no validation).
+        seed: seed of the split.
+        max_showers: read at most this many showers from each file.
+
+    Returns:
+        ``(train, val)`` :class:`~showerformer.data.voxels.VoxelGridDataset` (val None without
+        validation).
+
+    Raises:
+        InputError: a file without showers or of another format, a validation file of other
+            cells, a ``val_fraction`` outside [0, 1) or a ``max_showers`` below 1.
+    """
+    from showerformer.data.voxels import load_voxel_dataset
+
+    check_val_fraction(val_fraction)
+    _check_max_showers(max_showers)
+    full = load_voxel_dataset(data, max_showers=max_showers)
+    if len(full) == 0:
+        raise InputError("no showers", path=data, key="showers", expected="at least one shower")
+    if val_data is not None:
+        val = load_voxel_dataset(val_data, max_showers=max_showers)
+        if not val.geometry.same_cells(full.geometry):
+            raise InputError(f"geometry {val.geometry.name}", path=val_data, key="geometry",
+                             expected=f"{full.geometry.name} as in {data}")
+        return full, val
+    return _split_off_validation(full, data, val_fraction, seed)
+
+
+def _describe_voxels(train: Any, val: Any) -> dict[str, Any]:
+    return {"n_train": len(train), "n_val": 0 if val is None else len(val),
+            "shape": list(train.shape), "geometry": train.geometry.name}
 
 
 def _describe_sparse_voxels(train: Any, val: Any) -> dict[str, Any]:
@@ -137,9 +200,14 @@ DATA_KINDS: dict[str, DataKind] = {
         {"val_fraction": (float, 0.05), "max_showers": (int | None, None),
          "threshold": (float | None, None)},
         _load_points, _describe_points, {"max_showers": 1}),
+    "voxels": DataKind(
+        "voxels",
+        {"val_fraction": (float, 0.1), "max_showers": (int | None, None)},
+        _load_voxels, _describe_voxels, {"max_showers": 1}),
 }
-"""The built-in data kinds: labelled voxel grids (regression) and point clouds (voxel files are
-dequantized to one point per cell above the readout threshold)."""
+"""The built-in data kinds: labelled voxel grids (regression), point clouds (voxel files are
+dequantized to one point per cell above the readout threshold) and dense voxel grids with their
+incident energy and angle (the voxel-sequence transformers)."""
 
 
 def read_data_settings(kind: DataKind | None, family_keys: Mapping[str, tuple[Any, ...]],
