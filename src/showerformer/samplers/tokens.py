@@ -122,7 +122,8 @@ def sample_next(
     acts on the tempered distribution); one token is drawn per row by the Gumbel-max trick,
     ``argmax(logits - log E)`` with ``E ~ Exp(1)`` (``-log E`` is Gumbel-distributed), which
     samples the softmax distribution exactly without normalizing it and costs a fraction of
-    ``torch.multinomial`` per call (it matters at one token per network call).
+    ``torch.multinomial`` per call (it matters at one token per network call; Gumbel-max:
+    Maddison et al., arXiv:1411.0052).
 
     Arguments:
         logits: unnormalized log-probabilities.  # (B, V)
