@@ -659,6 +659,19 @@ def test_voxel_speed_refuses_a_missing_mlm_config(tmp_path: Path,
     assert_one_line_error(res, "missing.yaml")
 
 
+@pytest.mark.parametrize(("family", "part", "count"), [
+    ("transformer-mlm", "encoder", "530,176"),  # 4 blocks, d = 128, feed-forward 256
+    ("vq-vae", "to_latent", "23,042,400"),  # 75 x 128 -> 150 x 16, with bias
+    ("vq-prior", "tokenizer (frozen)", "46,761,340"),
+])
+def test_model_summary_of_the_voxel_families(family: str, part: str, count: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    res = run_in_process(capsys, "model-summary", family)
+    assert res.code == 0
+    line = next(t for t in res.stdout.splitlines() if t.startswith(part))
+    assert line.split()[-1] == count
+
+
 # -- the par04-scipb preset -----------------------------------------------------------------------
 
 

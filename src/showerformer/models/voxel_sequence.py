@@ -32,6 +32,7 @@ from showerformer.nn.patching import (
 from showerformer.showers import Conditions
 
 __all__ = [
+    "PAR04_GRID",
     "PatchEmbedding",
     "VoxelSequenceFamily",
     "VoxelSequenceSection",
@@ -40,6 +41,10 @@ __all__ = [
     "voxel_data_state",
     "voxel_state_parts",
 ]
+
+
+PAR04_GRID = (45, 50, 18)
+"""The paper's grid, 18 r x 50 phi x 45 z, in the library's (z, phi, r) order."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +266,11 @@ class VoxelSequenceFamily:
     config_class: Any
     scaling: VoxelScaling | None = None
     geometry: Geometry | None = None
+
+    @classmethod
+    def for_summary(cls) -> Any:
+        """The default model on the paper's Par04 grid (``showerformer model-summary``)."""
+        return cls(cls.config_class(grid=PAR04_GRID))  # type: ignore[call-arg]
 
     @staticmethod
     def require_grid(config: VoxelSequenceSection) -> None:

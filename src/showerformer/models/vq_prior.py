@@ -29,7 +29,7 @@ from showerformer.errors import InputError
 from showerformer.models import register
 from showerformer.models.config import ModelConfig
 from showerformer.models.family import FamilyModule
-from showerformer.models.voxel_sequence import condition_values
+from showerformer.models.voxel_sequence import PAR04_GRID, condition_values
 from showerformer.models.vq_vae import VQVAE, VQVAEConfig
 from showerformer.nn.causal import CausalTransformer
 from showerformer.samplers.tokens import sample_autoregressive
@@ -123,6 +123,12 @@ class VQPrior(FamilyModule):
                                              max_len=t, dropout=config.dropout)
         self.head = nn.Linear(d, v)
         self._ranges: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def for_summary(cls) -> VQPrior:
+        """The default prior over the default VQ-VAE on the paper's Par04 grid
+        (``showerformer model-summary``)."""
+        return cls(VQPriorConfig(tokenizer=VQVAEConfig(grid=PAR04_GRID).to_dict()))
 
     @property
     def n_tokens(self) -> int:
