@@ -295,13 +295,13 @@ def generation_tables(summaries: list[dict[str, Any]]) -> list[Any]:
     from showerformer.commands.tables import ResultTable
 
     q = ResultTable("VQ-VAE reconstruction vs prior generation against held-out showers",
-                    ["scaling", "showers", "AUC low", "AUC high", "FPD x1e3", "KPD x1e3",
+                    ["prior (scaling): showers", "showers", "AUC low", "AUC high", "FPD x1e3", "KPD x1e3",
                      "mean sep. power", "cell-energy sep. power", "cells ref / gen",
-                     "ms/shower"], left=frozenset({"scaling"}))
+                     "ms/shower"], left=frozenset({"prior (scaling): showers"}))
     p = ResultTable("profile tails: energy beyond 90 % of the reference profile, generated / "
                     "reference - 1 (largest single-bin mismatch in brackets)",
-                    ["scaling", "energy", "longitudinal", "lateral"],
-                    left=frozenset({"scaling", "energy"}))
+                    ["prior (scaling): showers", "energy", "longitudinal", "lateral"],
+                    left=frozenset({"prior (scaling): showers", "energy"}))
 
     def pm(ev: dict[str, Any], key: str) -> str:
         v, e = ev.get(key), ev.get(f"{key}_err")
@@ -309,7 +309,7 @@ def generation_tables(summaries: list[dict[str, Any]]) -> list[Any]:
 
     for s in summaries:
         for r in s["rows"]:
-            label = f"{s['scaling']}: {r['name']}"
+            label = f"{Path(s['checkpoint']).name} ({s['scaling']}): {r['name']}"
             ev, cells = r["evaluation"], r["cells"]
             q.add_row(label, f"{s['n']:,}", pm(ev, "auc_low"), pm(ev, "auc_high"),
                       pm(ev, "fpd_x1e3"), pm(ev, "kpd_x1e3"), _f(ev.get("separation_mean")),
