@@ -170,11 +170,10 @@ def encoder_stack(d_model: int, n_heads: int, n_blocks: int, ffn_dim: int,
 def condition_values(c: Conditions) -> dict[str, Any]:
     """The training conditions: PDG ids, energy and angle ranges, and the energies themselves
     when there are few (a discrete spectrum such as Par04's 64 / 128 / 256 GeV)."""
+    from showerformer.models.point_flow import condition_summary
+
+    out = condition_summary(c)
     energies = np.unique(np.asarray(c.energy, dtype=np.float64))
-    out: dict[str, Any] = {"pdg": sorted(int(p) for p in np.unique(c.pdg)),
-                           "energy_mev": [float(energies.min()), float(energies.max())],
-                           "theta": [float(c.theta.min()), float(c.theta.max())],
-                           "phi": [float(c.phi.min()), float(c.phi.max())]}
     if len(energies) <= 16:
         out["energy_values_mev"] = [float(e) for e in energies]
     return out
