@@ -163,8 +163,9 @@ class VQPrior(FamilyModule):
                              expected="the checkpoint or run folder of a trained vq-vae")
         try:
             tok, info = load_checkpoint(path, device="cpu")
-        except InputError as exc:
-            raise InputError(exc.what, path=exc.path, key=f"tokenizer_checkpoint: {exc.key}",
+        except InputError as exc:  # about the tokenizer's files: name them
+            raise InputError(exc.what, path=exc.path or path,
+                             key=exc.key or "tokenizer_checkpoint",
                              expected=exc.expected) from None
         if not isinstance(tok, VQVAE):
             raise InputError(f"a '{info.get('family')}' checkpoint", path=path,
