@@ -12,24 +12,17 @@ from showerformer.commands.benchmark import _f, benchmark_app
 __all__ = ["ablation_table", "generation_tables", "probe_table", "speed_tables"]
 
 
-def _run_config(path: Path) -> dict[str, Any]:
-    """A YAML run config with a ``model:`` section, or a one-line error naming the file."""
-    import yaml
-
+def _mlm_run_config(path: Path) -> Any:
+    """The checked run config of a TransformerMLM (:func:`load_run_config`), or a one-line
+    error naming the file."""
     from showerformer.errors import InputError
+    from showerformer.training.config import load_run_config
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read it ({exc.strerror})", path=path,
-                         expected="a readable YAML run config") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"not YAML ({str(exc).splitlines()[0]})", path=path,
-                         expected="a YAML run config") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise InputError("no model: section", path=path, key="model",
-                         expected="a run config with model:, train: and data:")
-    return data
+    run = load_run_config(path)
+    if run.family != "transformer-mlm":
+        raise InputError(f"family '{run.family}'", path=path, key="model.family",
+                         expected="a transformer-mlm run config")
+    return run
 
 
 def _pct(value: Any, err: Any = None) -> str:
@@ -160,7 +153,9 @@ def mlm_ablation(
     from showerformer.training.config import check_device
 
     check_device(device)
-    base = _run_config(config)
+    run = _mlm_run_config(config)
+    base = {"model": {"family": run.family, **run.model}, "train": run.train.to_dict(),
+            "data": dict(run.data)}
     chosen = dict(ABLATIONS)
     if variant:
         unknown = [v for v in variant if v not in ABLATIONS]
@@ -233,7 +228,7 @@ def voxel_speed(
     from showerformer.training.distributed import resolve_device
 
     check_device(device)
-    mlm_cfg = _run_config(mlm_config)["model"]
+    mlm_cfg = _mlm_run_config(mlm_config).model
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError:
@@ -261,13 +256,13 @@ def voxel_speed(
              "theta": torch.full((train_batch,), 1.4, device=dev)}
     mlm_cls = get_model_class("transformer-mlm")
     mlm = mlm_cls(mlm_cls.config_class.from_dict(
-        {k: v for k, v in mlm_cfg.items() if k != "family"} | {"grid": list(grid)}))
+        {**mlm_cfg, "grid": list(grid)}))
     mlm.load_data_state(model.tokenizer.data_state(), {})
     training = []
     for name, m in (("transformer-mlm", mlm.to(dev)), ("vq-vae", model.tokenizer),
                     ("vq-prior", model)):
         if m is model.tokenizer:  # time the tokenizer as it trains (not frozen)
-            m = copy_unfrozen(m)
+            m = _trainable_copy(m)
         r = training_throughput(m, batch)
         r.update(family=name, parameters=sum(p.numel() for p in m.parameters()
                                              if p.requires_grad))
@@ -281,7 +276,7 @@ def voxel_speed(
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def copy_unfrozen(module: Any) -> Any:
+def _trainable_copy(module: Any) -> Any:
     """A trainable copy of a frozen sub-model (for timing its training step)."""
     import copy
 

@@ -176,13 +176,19 @@ class VoxelScaling:
             threshold_mev: readout threshold (None: the smallest non-zero training cell).
         """
         n = len(voxels)
-        flat = np.asarray(voxels, dtype=np.float32).reshape(n, -1)
+        flat = np.asarray(voxels, dtype=np.float32).reshape(n, -1)  # a view, no copy
         gev = np.asarray(energy_mev, dtype=np.float64) / 1e3
-        peak = flat.max(axis=1).astype(np.float64)  # (N,)
+        peak = np.zeros(n)  # (N,) largest cell of every shower
+        smallest = np.inf  # smallest cell with energy
+        for lo in range(0, n, 1024):  # in chunks: no full-size temporaries
+            block = flat[lo:lo + 1024]
+            peak[lo:lo + len(block)] = block.max(axis=1)
+            if threshold_mev is None or threshold_mev <= 0:
+                lit = np.where(block > 0, block, np.inf).min(initial=np.inf)
+                smallest = min(smallest, float(lit))
         max_ratio = float((peak / gev).max()) if n else 0.0
         if threshold_mev is None or threshold_mev <= 0:
-            nonzero = flat[flat > 0]
-            threshold_mev = float(nonzero.min()) if nonzero.size else 0.0
+            threshold_mev = smallest if np.isfinite(smallest) else 0.0
         return cls(kind, max_ratio, float(log_floor), float(threshold_mev))
 
     def _log_norm(self) -> float:

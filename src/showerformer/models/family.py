@@ -38,7 +38,8 @@ as the frozen tokenizer of an autoregressive prior).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from torch import nn
@@ -126,6 +127,17 @@ class FamilyModule(nn.Module):
     def frozen(self) -> tuple[str, ...]:
         """Names of the frozen sub-modules."""
         return tuple(self._frozen)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[Self]:
+        """Evaluation mode inside the block, the earlier mode restored after it (also on an
+        error): for inference methods called in the middle of training."""
+        was = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was)
 
     def train(self, mode: bool = True) -> Self:
         """As :meth:`torch.nn.Module.train`, frozen sub-modules staying in eval mode."""

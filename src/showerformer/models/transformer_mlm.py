@@ -155,13 +155,9 @@ class TransformerMLM(VoxelSequenceFamily, FamilyModule):
         Returns:
             ``(B, d_model)``.
         """
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             y = scaled_batch(self, {"voxels": voxels, "energy": energy})
             return self.encode(self.embed.tokens(y)).mean(dim=1)
-        finally:
-            self.train(was)
 
     @torch.no_grad()
     def reconstruct(self, voxels: Tensor, energy: Tensor, masked: Tensor | None = None
@@ -169,13 +165,9 @@ class TransformerMLM(VoxelSequenceFamily, FamilyModule):
         """Showers in MeV rebuilt from their unmasked patches (``masked`` (B, N) bool, None:
         nothing masked)."""
         scaling, _ = require_state(self)
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             patches = self.embed.tokens(scaled_batch(self, {"voxels": voxels, "energy": energy}))
             if masked is not None:
                 patches = patches.masked_fill(masked[..., None], 0.0)
             grid = self.embed.grid_of(torch.sigmoid(self(patches)))
             return scaling.inverse(grid, energy.to(grid.device))
-        finally:
-            self.train(was)

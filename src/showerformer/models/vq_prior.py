@@ -255,9 +255,7 @@ class VQPrior(FamilyModule):
         """Draw the tokens of showers ``(B, T)`` for incident energies (MeV) and angles (rad)
         ``(B,)`` (sampling options default to the config's)."""
         cfg = self.config
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             first = self.condition_token(energy, theta)
             step = self._step(cfg.kv_cache if kv_cache is None else kv_cache, len(energy))
             return sample_autoregressive(
@@ -266,8 +264,6 @@ class VQPrior(FamilyModule):
                 top_k=cfg.top_k if top_k is None else top_k,
                 top_p=cfg.top_p if top_p is None else top_p,
                 generator=generator, callback=callback)
-        finally:
-            self.train(was)
 
     @torch.no_grad()
     def generate(self, conditions: Conditions, *, generator: torch.Generator | None = None,

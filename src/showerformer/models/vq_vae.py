@@ -101,7 +101,6 @@ class VQVAE(VoxelSequenceFamily, FamilyModule):
     config_class: ClassVar[type] = VQVAEConfig
     task: ClassVar[str] = "representation"
     data_kind: ClassVar[str] = "voxels"
-    log_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: VQVAEConfig | None = None) -> None:
         super().__init__()
@@ -156,13 +155,9 @@ class VQVAE(VoxelSequenceFamily, FamilyModule):
     def tokenize(self, voxels: Tensor, energy: Tensor) -> Tensor:
         """Showers ``(B, Z, A, R)`` MeV with their incident energy ``(B,)`` MeV -> code indices
         ``(B, T)`` int64 (the codebook is not updated)."""
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             y = scaled_batch(self, {"voxels": voxels, "energy": energy})
             return self.quantizer(self.encode(y)).indices
-        finally:
-            self.train(was)
 
     @torch.no_grad()
     def detokenize(self, indices: Tensor, energy: Tensor) -> Tensor:
@@ -176,14 +171,10 @@ class VQVAE(VoxelSequenceFamily, FamilyModule):
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.config.n_codes):
             raise InputError("token outside the codebook", key="tokens",
                              expected=f"indices in [0, {self.config.n_codes})")
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             logits = self.decode_latent(self.quantizer.lookup(indices))
             grid = self.embed.grid_of(torch.sigmoid(logits))
             return scaling.inverse(grid, energy.to(grid.device))
-        finally:
-            self.train(was)
 
     @torch.no_grad()
     def reconstruct(self, voxels: Tensor, energy: Tensor) -> Tensor:
@@ -194,10 +185,6 @@ class VQVAE(VoxelSequenceFamily, FamilyModule):
     @torch.no_grad()
     def represent(self, voxels: Tensor, energy: Tensor) -> Tensor:
         """The mean encoded patch token of whole showers, ``(B, d_model)``."""
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             y = scaled_batch(self, {"voxels": voxels, "energy": energy})
             return self.encoder(self.embed(self.embed.tokens(y))).mean(dim=1)
-        finally:
-            self.train(was)

@@ -169,8 +169,8 @@ class CausalBlock(nn.Module):
         """Arguments: ``x`` (B, T, C), ``cache`` and ``layer`` as in
         :class:`CausalSelfAttention`. Returns ``(B, T, C)``."""
         # The MLP's layers and the dropout are applied without their module calls: with a cache
-        # a step feeds one token, and the per-call overhead of the modules is a fifth of it
-        # on a CPU (same function, same parameters and names).
+        # a step feeds one token, and the per-call overhead counts on a CPU (same function,
+        # same parameters and names).
         fc, _, out = self.mlp
         drop = self.drop.p if self.training else 0.0
         h = self.attn(self.norm1(x), cache, layer)
